@@ -1,0 +1,3 @@
+from netc.cli import main
+
+main()

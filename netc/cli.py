@@ -1,0 +1,121 @@
+"""The `netc` command. Thin: parse options, call the library, print.
+
+Every NetcError is printed once, located, and ends the command with status 1;
+a Python traceback appears only with --debug.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from netc.errors import NetcError, format_diagnostic
+
+
+def _parse_inputs(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for text in values:
+        name, sep, dims = text.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(",")) if sep and dims else None
+        except ValueError:
+            shape = None
+        if not name or shape is None or any(d < 1 for d in shape):
+            raise NetcError(f"--input '{text}' is not NAME=D0,D1,...", None,
+                            "e.g. --input data=10,3,227,227 (positive integers)")
+        shapes[name] = shape
+    return shapes
+
+
+def _print_warnings(net) -> None:
+    for w in net.warnings:
+        click.echo(format_diagnostic(w), err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="netc")
+@click.option("--debug", is_flag=True, hidden=True, help="show Python tracebacks")
+@click.pass_context
+def cli(ctx, debug):
+    """netc: check, plan and run Caffe-style convolutional nets."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...",
+              help="set or override an input's shape, e.g. --input data=1,3,224,224")
+@click.option("--phase", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the machine-readable summary")
+def check(file, inputs, phase, as_json):
+    """Check FILE (.net or Caffe .prototxt): shapes, parameters, MACs."""
+    from netc.compile import compile_net
+    from netc.report import table, to_json
+
+    net = compile_net(file, phase, _parse_inputs(inputs))
+    _print_warnings(net)
+    if as_json:
+        click.echo(json.dumps(to_json(net), indent=1))
+    else:
+        click.echo(table(net))
+
+
+@cli.command(name="import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="where to write the .net (default: stdout)")
+def import_(file, output):
+    """Convert a Caffe prototxt into the netc language."""
+    from netc.caffe.to_net import prototxt_to_net_text
+    from netc.fileio import write_text_atomic
+
+    text = prototxt_to_net_text(file)
+    if output:
+        write_text_atomic(output, text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("type_name", required=False)
+def layers(type_name):
+    """List the layer types, or show one type's parameters."""
+    from netc.errors import did_you_mean
+    from netc.layers import REGISTRY
+
+    if type_name is None:
+        for name in sorted(REGISTRY):
+            click.echo(f"{name:24} {REGISTRY[name].summary}")
+        return
+    spec = REGISTRY.get(type_name)
+    if spec is None:
+        raise NetcError(f"unknown layer type '{type_name}'", None, did_you_mean(type_name, REGISTRY))
+    click.echo(f"{type_name}: {spec.summary}")
+    if spec.positional:
+        click.echo(f"  positional: {', '.join(spec.positional)}")
+    for p in spec.params:
+        default = "required" if p.required else f"default {p.default!r}"
+        extra = f" (also: {', '.join(p.aliases)})" if p.aliases else ""
+        choices = f" one of {', '.join(p.choices)}" if p.choices else ""
+        click.echo(f"  {p.name:24} {p.kind:7} {default}{choices}{extra}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="netc", standalone_mode=False)
+    except NetcError as err:
+        if debug:
+            raise
+        click.echo(format_diagnostic(err.diagnostic), err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("netc: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(1)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(0)

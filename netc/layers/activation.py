@@ -1,0 +1,51 @@
+"""Elementwise activations and Dropout: the output has the input's shape.
+
+ReLU y = max(x, 0) + negative_slope·min(x, 0); Sigmoid y = 1/(1+e^−x); TanH y = tanh x;
+Dropout (inverted, as Caffe): train y = x·mask/(1 − ratio), test y = x.
+"""
+from __future__ import annotations
+
+from netc.layers.base import LayerType, Param, ParamError, register
+
+
+class _Elementwise(LayerType):
+    can_be_in_place = True
+
+    def infer(self, p, bottoms, ntops):
+        return [bottoms[0]]
+
+
+@register
+class ReLU(_Elementwise):
+    type_name = "ReLU"
+    summary = "rectifier; negative_slope gives a leaky ReLU"
+    params = (Param("negative_slope", "float", 0.0),)
+    positional = ("negative_slope",)
+    message = "relu_param"
+
+
+@register
+class Sigmoid(_Elementwise):
+    type_name = "Sigmoid"
+    summary = "logistic function"
+
+
+@register
+class TanH(_Elementwise):
+    type_name = "TanH"
+    summary = "hyperbolic tangent"
+
+
+@register
+class Dropout(_Elementwise):
+    type_name = "Dropout"
+    summary = "inverted dropout: dropout_ratio of units zeroed in training"
+    params = (Param("dropout_ratio", "float", 0.5, aliases=("ratio",)),)
+    positional = ("dropout_ratio",)
+    message = "dropout_param"
+
+    def normalize(self, p):
+        if not 0.0 < p["dropout_ratio"] < 1.0:
+            raise ParamError(f"dropout_ratio must be between 0 and 1 (exclusive), not {p['dropout_ratio']:g}",
+                             param="dropout_ratio")
+        return p

@@ -1,0 +1,258 @@
+"""How a layer type is declared: its parameters, shape rule, parameter shapes and MACs.
+
+Each layer family lives in one module of netc.layers and registers its types here
+under Caffe's type name. Parameters are declared once (name, kind, default,
+validation, where Caffe keeps them in LayerParameter) and serve both the .net
+language and Caffe's prototxt.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+from netc.errors import did_you_mean
+from netc.ir import Filler, Shape
+from netc.lang.values import CallValue, Symbol
+
+
+class ParamError(Exception):
+    """A parameter value that cannot work; the caller locates it at the parameter."""
+
+    def __init__(self, message: str, hint: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.message, self.hint, self.param = message, hint, param
+
+
+class ShapeError(Exception):
+    """A shape that cannot work. `bottom` (an index) points at the input to blame."""
+
+    def __init__(self, message: str, hint: str | None = None, param: str | None = None,
+                 bottom: int | None = None):
+        super().__init__(message)
+        self.message, self.hint, self.param, self.bottom = message, hint, param, bottom
+
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a layer type.
+
+    kind: int | float | bool | enum | str | ints | floats | filler | shape | shapes
+    message: the LayerParameter sub-message holding it in Caffe (None: the layer's own).
+    """
+    name: str
+    kind: str
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    minimum: float | None = None
+    message: str | None = None
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+def _describe(value) -> str:
+    if isinstance(value, Symbol):
+        return f"'{value.name}'"
+    if isinstance(value, CallValue):
+        return f"{value.name}(...)"
+    return repr(value)
+
+
+def _as_int(p: Param, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ParamError(f"{p.name} must be an integer, not {_describe(value)}", param=p.name)
+    value = int(value)
+    if p.minimum is not None and value < p.minimum:
+        raise ParamError(f"{p.name} must be at least {p.minimum:g}, not {value}", param=p.name)
+    return value
+
+
+def _as_float(p: Param, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParamError(f"{p.name} must be a number, not {_describe(value)}", param=p.name)
+    if p.minimum is not None and value < p.minimum:
+        raise ParamError(f"{p.name} must be at least {p.minimum:g}, not {value:g}", param=p.name)
+    return float(value)
+
+
+FILLER_TYPES = ("constant", "gaussian", "uniform", "xavier", "msra", "bilinear", "positive_unitball")
+_FILLER_FIELDS = {"value": float, "min": float, "max": float, "mean": float, "std": float,
+                  "variance_norm": str, "sparse": int}
+
+
+def as_filler(p: Param, value) -> Filler:
+    """`xavier`, `gaussian(std=0.01)`, `constant(0.2)` or a bare number (a constant)."""
+    if isinstance(value, Filler):
+        return value
+    if isinstance(value, bool):
+        raise ParamError(f"{p.name} must be a filler, not {value!r}", param=p.name)
+    if isinstance(value, (int, float)):
+        return Filler("constant", value=float(value))
+    if isinstance(value, Symbol):
+        name, args, kwargs = value.name, (), ()
+    elif isinstance(value, CallValue):
+        name, args, kwargs = value.name, value.args, value.kwargs
+    else:
+        raise ParamError(f"{p.name} must be a filler such as xavier or gaussian(std=0.01), "
+                         f"not {_describe(value)}", param=p.name)
+    if name not in FILLER_TYPES:
+        raise ParamError(f"unknown filler '{name}'", did_you_mean(name, FILLER_TYPES)
+                         or f"fillers are: {', '.join(FILLER_TYPES)}", param=p.name)
+    fields: dict[str, Any] = {}
+    if args:
+        if name == "constant" and len(args) == 1:
+            fields["value"] = args[0]
+        elif name == "gaussian" and len(args) == 1:
+            fields["std"] = args[0]
+        elif name == "uniform" and len(args) == 2:
+            fields["min"], fields["max"] = args
+        else:
+            raise ParamError(f"filler {name} takes keyword arguments here, e.g. {name}(std=0.01)",
+                             param=p.name)
+    for key, val in kwargs:
+        if key not in _FILLER_FIELDS:
+            raise ParamError(f"unknown filler field '{key}'",
+                             did_you_mean(key, _FILLER_FIELDS) or f"fields are: {', '.join(_FILLER_FIELDS)}",
+                             param=p.name)
+        fields[key] = val
+    for key, val in list(fields.items()):
+        want = _FILLER_FIELDS[key]
+        if want is str:
+            val = val.name if isinstance(val, Symbol) else val
+            if val not in ("FAN_IN", "FAN_OUT", "AVERAGE"):
+                raise ParamError("variance_norm is FAN_IN, FAN_OUT or AVERAGE", param=p.name)
+            fields[key] = val
+        elif isinstance(val, bool) or not isinstance(val, (int, float)):
+            raise ParamError(f"filler field {key} must be a number", param=p.name)
+        else:
+            fields[key] = want(val)
+    if name == "gaussian" and fields.get("std", 1.0) < 0:
+        raise ParamError("gaussian std must not be negative", param=p.name)
+    return Filler(name, **fields)
+
+
+def coerce(p: Param, value) -> Any:
+    """Check a value against its declaration and bring it to its normal form."""
+    kind = p.kind
+    if kind == "int":
+        return _as_int(p, value)
+    if kind == "float":
+        return _as_float(p, value)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ParamError(f"{p.name} must be true or false, not {_describe(value)}", param=p.name)
+    if kind == "enum":
+        text = value.name if isinstance(value, Symbol) else value
+        if isinstance(text, str):
+            for choice in p.choices:
+                if text.upper() == choice:
+                    return choice
+        raise ParamError(f"{p.name} must be one of {', '.join(p.choices)}, not {_describe(value)}",
+                         did_you_mean(str(text), p.choices) if isinstance(text, str) else None,
+                         param=p.name)
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise ParamError(f'{p.name} must be a string in double quotes, not {_describe(value)}',
+                         param=p.name)
+    if kind in ("ints", "floats", "shape"):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        one = _as_float if kind == "floats" else _as_int
+        return tuple(one(p, item) for item in items)
+    if kind == "shapes":
+        # one shape, [2, 3], or several, [[2, 3], [2]]
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if items and all(isinstance(i, (list, tuple)) for i in items):
+            return tuple(tuple(_as_int(p, d) for d in shape) for shape in items)
+        return (tuple(_as_int(p, d) for d in items),)
+    if kind == "filler":
+        return as_filler(p, value)
+    raise TypeError(f"unknown parameter kind {kind}")  # pragma: no cover
+
+
+class LayerType:
+    """One Caffe layer type. Subclasses declare and override; instances are stateless."""
+    type_name: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    positional: ClassVar[tuple[str, ...]] = ()   # params that may be written without name=
+    message: ClassVar[str | None] = None         # Caffe's LayerParameter field for its params
+    min_bottoms: ClassVar[int] = 1
+    max_bottoms: ClassVar[int | None] = 1
+    num_tops: ClassVar[tuple[int, int | None]] = (1, 1)
+    is_loss: ClassVar[bool] = False
+    can_be_in_place: ClassVar[bool] = False      # Caffe allows top == bottom
+    learnable: ClassVar[bool] = False            # has weights (fillers, lr_mult, ...)
+    summary: ClassVar[str] = ""
+
+    def param(self, name: str) -> Param | None:
+        for p in self.params:
+            if p.name == name or name in p.aliases:
+                return p
+        return None
+
+    def default_tops(self, name: str) -> tuple[str, ...]:
+        return (name,)
+
+    def normalize(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Cross-parameter checks and derived values; raise ParamError. Default: as given."""
+        return values
+
+    def infer(self, p: dict, bottoms: list[Shape], ntops: int) -> list[Shape]:
+        raise NotImplementedError
+
+    def param_shapes(self, p: dict, bottoms: list[Shape]) -> list[Shape]:
+        return []
+
+    def macs(self, p: dict, bottoms: list[Shape], tops: list[Shape]) -> int:
+        return 0
+
+    def default_loss_weight(self) -> float:
+        return 1.0 if self.is_loss else 0.0
+
+
+REGISTRY: dict[str, LayerType] = {}
+
+
+def register(cls: type[LayerType]) -> type[LayerType]:
+    REGISTRY[cls.type_name] = cls()
+    return cls
+
+
+def count(shape: Shape) -> int:
+    return math.prod(shape)
+
+
+def spatial_pair(values: tuple[int, ...], h: int | None, w: int | None, default: int,
+                 name: str) -> tuple[int, int]:
+    """Caffe's `kernel_size: 5` / `kernel_size: [5, 3]` / `kernel_h, kernel_w` for 2-d layers."""
+    if h is not None or w is not None:
+        if values:
+            raise ParamError(f"give either {name} or {name}_h and {name}_w, not both", param=name)
+        if h is None or w is None:
+            raise ParamError(f"{name}_h and {name}_w go together", param=name)
+        return h, w
+    if not values:
+        return default, default
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) == 2:
+        return values[0], values[1]
+    raise ParamError(f"{name} takes one value or two (height, width), not {len(values)}", param=name)
+
+
+LEARNABLE_PARAMS = (
+    Param("weight_filler", "filler", Filler(), aliases=("weight",), doc="how weights are initialised"),
+    Param("bias_filler", "filler", Filler(), aliases=("bias",), doc="how biases are initialised"),
+)
+
+Validator = Callable[[dict], dict]

@@ -1,0 +1,40 @@
+"""InnerProduct (fully connected): flattens from `axis` and multiplies by a [num_output, K] matrix."""
+from __future__ import annotations
+
+from netc.layers.base import LEARNABLE_PARAMS, REQUIRED, LayerType, Param, ShapeError, count, register
+
+
+@register
+class InnerProduct(LayerType):
+    type_name = "InnerProduct"
+    summary = "fully connected layer: num_output, bias_term, axis, transpose"
+    params = (
+        Param("num_output", "int", REQUIRED, minimum=1),
+        Param("bias_term", "bool", True),
+        Param("axis", "int", 1),
+        Param("transpose", "bool", False),
+    ) + LEARNABLE_PARAMS
+    positional = ("num_output",)
+    message = "inner_product_param"
+    learnable = True
+
+    @staticmethod
+    def _axis(p, shape) -> int:
+        axis = p["axis"] + len(shape) if p["axis"] < 0 else p["axis"]
+        if not 0 <= axis < len(shape):
+            raise ShapeError(f"axis {p['axis']} is out of range for an input of shape {list(shape)}",
+                             param="axis", bottom=0)
+        return axis
+
+    def infer(self, p, bottoms, ntops):
+        axis = self._axis(p, bottoms[0])
+        return [bottoms[0][:axis] + (p["num_output"],)]
+
+    def param_shapes(self, p, bottoms):
+        k = count(bottoms[0][self._axis(p, bottoms[0]):])
+        weight = (k, p["num_output"]) if p["transpose"] else (p["num_output"], k)
+        return [weight, (p["num_output"],)] if p["bias_term"] else [weight]
+
+    def macs(self, p, bottoms, tops):
+        axis = self._axis(p, bottoms[0])
+        return count(bottoms[0][:axis]) * count(bottoms[0][axis:]) * p["num_output"]

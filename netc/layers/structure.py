@@ -1,0 +1,177 @@
+"""Layers that move data without arithmetic on it (and Eltwise, which combines equal shapes):
+Concat, Slice, Split, Flatten, Reshape, Eltwise."""
+from __future__ import annotations
+
+from netc.layers.base import LayerType, Param, ParamError, ShapeError, count, register
+
+
+def _axis(axis: int, shape, param="axis") -> int:
+    real = axis + len(shape) if axis < 0 else axis
+    if not 0 <= real < len(shape):
+        raise ShapeError(f"axis {axis} is out of range for shape {list(shape)}", param=param, bottom=0)
+    return real
+
+
+@register
+class Concat(LayerType):
+    type_name = "Concat"
+    summary = "joins its bottoms along axis (default 1, the channels)"
+    params = (Param("axis", "int", 1), Param("concat_dim", "int", None))
+    message = "concat_param"
+    max_bottoms = None
+
+    def normalize(self, p):
+        if p["concat_dim"] is not None:   # Caffe's legacy spelling of axis
+            p["axis"] = p["concat_dim"]
+        return p
+
+    def infer(self, p, bottoms, ntops):
+        first = bottoms[0]
+        axis = _axis(p["axis"], first)
+        total = first[axis]
+        for i, shape in enumerate(bottoms[1:], start=1):
+            if len(shape) != len(first):
+                raise ShapeError(f"Concat input {i + 1} has {len(shape)} axes, input 1 has {len(first)} "
+                                 f"({list(shape)} vs {list(first)})", bottom=i)
+            for d, (a, b) in enumerate(zip(first, shape)):
+                if d != axis and a != b:
+                    what = {0: "batch", 1: "channel", 2: "height", 3: "width"}.get(d, f"axis-{d}")
+                    raise ShapeError(
+                        f"Concat along axis {axis}: input {i + 1} has {what} {b} but input 1 has {a} "
+                        f"({list(shape)} vs {list(first)})",
+                        "all inputs must agree on every axis except the one joined", bottom=i)
+            total += shape[axis]
+        return [first[:axis] + (total,) + first[axis + 1:]]
+
+
+@register
+class Slice(LayerType):
+    type_name = "Slice"
+    summary = "cuts its bottom along axis at slice_point into several tops"
+    params = (Param("axis", "int", 1), Param("slice_point", "ints", ()), Param("slice_dim", "int", None))
+    message = "slice_param"
+    num_tops = (1, None)
+
+    def normalize(self, p):
+        if p["slice_dim"] is not None:
+            p["axis"] = p["slice_dim"]
+        return p
+
+    def infer(self, p, bottoms, ntops):
+        shape = bottoms[0]
+        axis = _axis(p["axis"], shape)
+        size, points = shape[axis], p["slice_point"]
+        if points:
+            if len(points) != ntops - 1:
+                raise ShapeError(f"{len(points)} slice points make {len(points) + 1} pieces, "
+                                 f"but the layer has {ntops} tops", param="slice_point")
+            edges = (0,) + tuple(points) + (size,)
+            if any(b <= a for a, b in zip(edges, edges[1:])):
+                raise ShapeError(f"slice points {list(points)} must increase strictly within 1..{size - 1}",
+                                 param="slice_point")
+            sizes = [b - a for a, b in zip(edges, edges[1:])]
+        else:
+            if size % ntops:
+                raise ShapeError(f"axis {axis} has size {size}, which does not split evenly into {ntops} tops",
+                                 "give slice_point=[...]", param="slice_point")
+            sizes = [size // ntops] * ntops
+        return [shape[:axis] + (s,) + shape[axis + 1:] for s in sizes]
+
+
+@register
+class Split(LayerType):
+    type_name = "Split"
+    summary = "copies its bottom to several tops (their gradients are summed)"
+    num_tops = (1, None)
+
+    def infer(self, p, bottoms, ntops):
+        return [bottoms[0]] * ntops
+
+
+@register
+class Flatten(LayerType):
+    type_name = "Flatten"
+    summary = "folds axes axis..end_axis into one"
+    params = (Param("axis", "int", 1), Param("end_axis", "int", -1))
+    message = "flatten_param"
+
+    def infer(self, p, bottoms, ntops):
+        shape = bottoms[0]
+        start = _axis(p["axis"], shape)
+        end = _axis(p["end_axis"], shape, "end_axis")
+        if end < start:
+            raise ShapeError(f"end_axis ({p['end_axis']}) comes before axis ({p['axis']})", param="end_axis")
+        return [shape[:start] + (count(shape[start:end + 1]),) + shape[end + 1:]]
+
+
+@register
+class Reshape(LayerType):
+    type_name = "Reshape"
+    summary = "new shape; 0 copies the input's dimension, -1 is inferred"
+    params = (Param("shape", "shape", ()), Param("axis", "int", 0), Param("num_axes", "int", -1))
+    positional = ("shape",)
+    message = "reshape_param"
+
+    def normalize(self, p):
+        if sum(1 for d in p["shape"] if d == -1) > 1:
+            raise ParamError("at most one dimension of a Reshape may be -1", param="shape")
+        if any(d < -1 for d in p["shape"]):
+            raise ParamError("Reshape dimensions are positive, 0 (copy) or -1 (infer)", param="shape")
+        if p["num_axes"] < -1:
+            raise ParamError("num_axes must be -1 or more", param="num_axes")
+        return p
+
+    def infer(self, p, bottoms, ntops):
+        shape = bottoms[0]
+        # Caffe replaces the input axes [start, end) by the given dims
+        start = p["axis"] + len(shape) + 1 if p["axis"] < 0 else p["axis"]
+        if not 0 <= start <= len(shape):
+            raise ShapeError(f"axis {p['axis']} is out of range for shape {list(shape)}", param="axis")
+        end = len(shape) if p["num_axes"] == -1 else start + p["num_axes"]
+        if end > len(shape):
+            raise ShapeError(f"axis + num_axes ({end}) is beyond the input's {len(shape)} axes", param="num_axes")
+        dims = []
+        for i, d in enumerate(p["shape"]):
+            if d == 0:
+                if start + i >= len(shape):
+                    raise ShapeError(f"dimension {i} is 0 (copy) but the input has no axis {start + i}",
+                                     param="shape")
+                d = shape[start + i]
+            dims.append(d)
+        new = list(shape[:start]) + dims + list(shape[end:])
+        known = count([d for d in new if d != -1])
+        if -1 in new:
+            if known == 0 or count(shape) % known:
+                raise ShapeError(f"cannot reshape {list(shape)} ({count(shape)} values) to {p['shape']}",
+                                 param="shape")
+            new[new.index(-1)] = count(shape) // known
+        if count(new) != count(shape):
+            raise ShapeError(f"cannot reshape {list(shape)} ({count(shape)} values) into {new} "
+                             f"({count(new)} values)", param="shape")
+        return [tuple(new)]
+
+
+@register
+class Eltwise(LayerType):
+    type_name = "Eltwise"
+    summary = "elementwise SUM (with coefficients), PROD or MAX of equal-shaped bottoms"
+    params = (
+        Param("operation", "enum", "SUM", choices=("PROD", "SUM", "MAX")),
+        Param("coeff", "floats", ()),
+        Param("stable_prod_grad", "bool", True),
+    )
+    positional = ("operation",)
+    message = "eltwise_param"
+    min_bottoms, max_bottoms = 2, None
+
+    def infer(self, p, bottoms, ntops):
+        if p["coeff"]:
+            if p["operation"] != "SUM":
+                raise ShapeError("coeff applies to SUM only", param="coeff")
+            if len(p["coeff"]) != len(bottoms):
+                raise ShapeError(f"{len(p['coeff'])} coefficients for {len(bottoms)} inputs", param="coeff")
+        for i, shape in enumerate(bottoms[1:], start=1):
+            if shape != bottoms[0]:
+                raise ShapeError(f"Eltwise {p['operation']} needs equal shapes: input {i + 1} is "
+                                 f"{list(shape)} but input 1 is {list(bottoms[0])}", bottom=i)
+        return [bottoms[0]]
