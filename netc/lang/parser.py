@@ -5,6 +5,7 @@ Syntax errors become located NetcErrors that say what was expected in words.
 from __future__ import annotations
 
 import functools
+import re
 import os
 
 import lark
@@ -78,6 +79,32 @@ def _token_words(tok: Token) -> str:
     return f"'{tok.value}'"
 
 
+def _unclosed_bracket(text: str) -> tuple[str, int, int, int] | None:
+    """The innermost '(' or '[' that is still open at the end of the text, as
+    (bracket, offset, line, column); strings and comments are skipped."""
+    stack: list[tuple[str, int, int, int]] = []
+    line, line_start, i = 1, 0, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\n":
+            line, line_start = line + 1, i + 1
+        elif ch == "#":
+            while i + 1 < len(text) and text[i + 1] != "\n":
+                i += 1
+        elif ch == '"':
+            i += 1
+            while i < len(text) and text[i] not in '"\n':
+                i += 2 if text[i] == "\\" else 1
+            if i < len(text) and text[i] == "\n":
+                continue   # an unterminated string is the lexer's error, not ours
+        elif ch in "([":
+            stack.append((ch, i, line, i - line_start + 1))
+        elif ch in ")]" and stack:
+            stack.pop()
+        i += 1
+    return stack[-1] if stack else None
+
+
 def _syntax_error(err: UnexpectedInput, path: str, text: str) -> NetcError:
     line, col = getattr(err, "line", 1) or 1, getattr(err, "column", 1) or 1
     hint = None
@@ -86,8 +113,22 @@ def _syntax_error(err: UnexpectedInput, path: str, text: str) -> NetcError:
         msg = f"unexpected character '{ch}'"
         if ch == "'":
             hint = 'strings use double quotes: "like this"'
+        elif ch == '"':
+            msg = "unterminated string"
+            hint = 'a string ends with " on the same line'
     elif isinstance(err, UnexpectedToken):
         tok = err.token
+        # Inside (...) newlines are whitespace, so a missing ')' makes the parser read the
+        # following lines as arguments and fail far away: point at the bracket instead.
+        open_bracket = _unclosed_bracket(text)
+        tok_pos = len(text) if tok.type == "$END" else (tok.start_pos or 0)
+        if open_bracket is not None and open_bracket[1] < tok_pos and \
+                (tok.type == "$END" or (tok.line or 0) > open_bracket[2]):
+            bracket, _, b_line, b_col = open_bracket
+            close = ")" if bracket == "(" else "]"
+            return NetcError(f"'{bracket}' is never closed", Span(path, b_line, b_col, b_line, b_col + 1),
+                             f"add the missing '{close}': until it closes, the lines after it are read "
+                             "as part of this statement")
         if tok.type == "$END":
             lines = text.splitlines() or [""]
             line, col = len(lines), len(lines[-1]) + 1
@@ -95,7 +136,11 @@ def _syntax_error(err: UnexpectedInput, path: str, text: str) -> NetcError:
         msg = f"unexpected {_token_words(tok)}; expected {_words(expected)}"
         if tok.type == "_NL" and "RPAR" in err.expected:
             msg = f"unclosed '(': expected {_words(expected)} before the end of the line"
-        if tok.type == "EQUAL":
+        if tok.type == "$END" and "RBRACE" in err.expected:
+            hint = "a module body ends with '}' on a line of its own"
+        elif tok.type == "EQUAL" and "COLON" in err.expected:
+            hint = "a layer's label is followed by ':', e.g. conv1: Convolution(20, kernel=5)"
+        elif tok.type == "EQUAL":
             hint = "a keyword argument is written name=value, e.g. kernel=5"
         elif tok.type == "NAME" and "COMMA" in err.expected:
             hint = "separate arguments with commas"
@@ -234,9 +279,13 @@ class _Phase:
         self.name = name
 
 
+_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+
+
 def _unquote(text: str) -> str:
-    body = text[1:-1]
-    return body.encode("utf-8").decode("unicode_escape") if "\\" in body else body
+    # escapes are undone one by one: unicode_escape on the whole body would mangle
+    # non-ASCII text ("café" became "cafÃ©")
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), text[1:-1])
 
 
 def parse_text(text: str, path: str = "<string>") -> ast.Program:

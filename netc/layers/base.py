@@ -233,13 +233,17 @@ def count(shape: Shape) -> int:
 
 
 def spatial_pair(values: tuple[int, ...], h: int | None, w: int | None, default: int,
-                 name: str) -> tuple[int, int]:
-    """Caffe's `kernel_size: 5` / `kernel_size: [5, 3]` / `kernel_h, kernel_w` for 2-d layers."""
+                 name: str, param: str | None = None) -> tuple[int, int]:
+    """Caffe's `kernel_size: 5` / `kernel_size: [5, 3]` / `kernel_h, kernel_w` for 2-d layers.
+
+    param is the declared name of `values` (kernel_size for kernel), so errors point at it."""
+    param = param or name
     if h is not None or w is not None:
+        given = f"{name}_h" if h is not None else f"{name}_w"
         if values:
-            raise ParamError(f"give either {name} or {name}_h and {name}_w, not both", param=name)
+            raise ParamError(f"give either {name} or {name}_h and {name}_w, not both", param=given)
         if h is None or w is None:
-            raise ParamError(f"{name}_h and {name}_w go together", param=name)
+            raise ParamError(f"{name}_h and {name}_w go together", param=given)
         return h, w
     if not values:
         return default, default
@@ -247,7 +251,7 @@ def spatial_pair(values: tuple[int, ...], h: int | None, w: int | None, default:
         return values[0], values[0]
     if len(values) == 2:
         return values[0], values[1]
-    raise ParamError(f"{name} takes one value or two (height, width), not {len(values)}", param=name)
+    raise ParamError(f"{name} takes one value or two (height, width), not {len(values)}", param=param)
 
 
 LEARNABLE_PARAMS = (

@@ -46,7 +46,7 @@ class _ConvolutionBase(LayerType):
         if not p["kernel_size"] and p["kernel_h"] is None:
             raise ParamError(f"{self.type_name} needs a kernel size", "write kernel=5 (or kernel=[5, 3])",
                              param="kernel_size")
-        p["kernel"] = spatial_pair(p["kernel_size"], p["kernel_h"], p["kernel_w"], 0, "kernel")
+        p["kernel"] = spatial_pair(p["kernel_size"], p["kernel_h"], p["kernel_w"], 0, "kernel", "kernel_size")
         p["stride_hw"] = spatial_pair(p["stride"], p["stride_h"], p["stride_w"], 1, "stride")
         p["pad_hw"] = spatial_pair(p["pad"], p["pad_h"], p["pad_w"], 0, "pad")
         p["dilation_hw"] = spatial_pair(p["dilation"], None, None, 1, "dilation")

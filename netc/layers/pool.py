@@ -56,10 +56,14 @@ class Pooling(LayerType):
             raise ParamError("Pooling needs a kernel size", "write kernel=2, or global_pooling=true",
                              param="kernel_size")
         single = lambda v: (v,) if v is not None else ()  # noqa: E731
-        p["kernel"] = spatial_pair(single(p["kernel_size"]), p["kernel_h"], p["kernel_w"], 0, "kernel")
-        p["stride_hw"] = spatial_pair(single(p["stride"]) if p["stride_h"] is None else (),
+        p["kernel"] = spatial_pair(single(p["kernel_size"]), p["kernel_h"], p["kernel_w"], 0, "kernel",
+                                   "kernel_size")
+        # stride and pad have defaults (1, 0), so stride_h/stride_w (pad_h/pad_w) replace them
+        # rather than clash with them; given alone, one of the pair is an error of its own
+        per_axis = lambda h, w: h is not None or w is not None  # noqa: E731
+        p["stride_hw"] = spatial_pair(() if per_axis(p["stride_h"], p["stride_w"]) else single(p["stride"]),
                                       p["stride_h"], p["stride_w"], 1, "stride")
-        p["pad_hw"] = spatial_pair(single(p["pad"]) if p["pad_h"] is None else (),
+        p["pad_hw"] = spatial_pair(() if per_axis(p["pad_h"], p["pad_w"]) else single(p["pad"]),
                                    p["pad_h"], p["pad_w"], 0, "pad")
         for pad, k in zip(p["pad_hw"], p["kernel"]):
             if pad >= k:

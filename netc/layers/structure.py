@@ -142,7 +142,7 @@ class Reshape(LayerType):
         known = count([d for d in new if d != -1])
         if -1 in new:
             if known == 0 or count(shape) % known:
-                raise ShapeError(f"cannot reshape {list(shape)} ({count(shape)} values) to {p['shape']}",
+                raise ShapeError(f"cannot reshape {list(shape)} ({count(shape)} values) to {list(p['shape'])}",
                                  param="shape")
             new[new.index(-1)] = count(shape) // known
         if count(new) != count(shape):

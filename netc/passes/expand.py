@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from netc.errors import NetcError, Span, did_you_mean
+from netc.errors import NetcError, Span, did_you_mean, nearest
 from netc.ir import Layer, Net, ParamSpec, ShapeContract, SolverSpec, frozen
 from netc.lang import ast
 from netc.lang.values import CallValue, Symbol, evaluate
@@ -107,26 +107,41 @@ class _Expander:
                 self.layer(link, tops, chain_label, scope)
 
     # --- names ----------------------------------------------------------------------
+    def lookup_blob(self, name: str, scope: _Scope) -> str | None:
+        """The blob a name stands for here, or None."""
+        for candidate in ((scope.prefix + name, name) if scope.prefix else (name,)):
+            candidate = self.aliases.get(candidate, candidate)
+            if candidate in self.blobs:
+                return candidate
+        return None
+
     def resolve_blob(self, name: str, span: Span, scope: _Scope) -> str:
         if name == MODULE_INPUT and scope.depth > 0:
             if scope.input is None:
                 raise self.error("this module instance has no input for 'in'", span, scope)
             return scope.input
-        for candidate in ((scope.prefix + name, name) if scope.prefix else (name,)):
-            candidate = self.aliases.get(candidate, candidate)
-            if candidate in self.blobs:
-                return candidate
+        found = self.lookup_blob(name, scope)
+        if found is not None:
+            return found
         visible = list(self.blobs) + list(self.aliases)
         if name in self.later_names and self.later_names[name].line < span.line:
             raise self.error(f"blob '{name}' does not exist in the {self.phase} phase", span, scope,
                              f"it is produced at line {self.later_names[name].line} by a statement "
                              "for another phase")
         if name in self.later_names:
+            where = self.later_names[name].line
             raise self.error(f"blob '{name}' is used before it is produced", span, scope,
-                             f"'{name}' is produced later, at line {self.later_names[name].line}; a layer reads "
+                             f"'{name}' is this statement's own output; a layer cannot read what it writes"
+                             if where == span.line else
+                             f"'{name}' is produced later, at line {where}; a layer reads "
                              "only blobs produced above it, so a net cannot loop back")
         hint = did_you_mean(name, [v[len(scope.prefix):] if v.startswith(scope.prefix) and scope.prefix else v
                                    for v in visible])
+        if not hint and visible:
+            here = sorted({v[len(scope.prefix):] if scope.prefix and v.startswith(scope.prefix) else v
+                           for v in visible})
+            # with few blobs around, naming them is the quickest help
+            hint = f"the blobs here are: {', '.join(here)}" if len(here) <= 8 else None
         raise self.error(f"unknown blob '{name}'", span, scope,
                          hint or ("no blob exists yet: declare an input first, e.g. input data [64, 1, 28, 28]"
                                   if not visible else None))
@@ -158,7 +173,7 @@ class _Expander:
 
     # --- arguments ------------------------------------------------------------------
     def split_args(self, link: ast.Link, positional_params: tuple[Param, ...], scope: _Scope,
-                   what: str):
+                   what: str, keyword_example: str | None = None):
         """Leading names are input blobs; the positional values after them fill positional_params."""
         bottoms: list[tuple[str, Span]] = []
         values: list[tuple[Param, Any, Span]] = []
@@ -172,8 +187,12 @@ class _Expander:
                 keywords.append((arg.keyword, value, arg.span))
                 continue
             next_param = positional_params[len(values)] if len(values) < len(positional_params) else None
+            # a misspelt enum value (Pooling(MAXX)) is no blob either: let the enum check explain it
             is_enum_value = (isinstance(value, Symbol) and next_param is not None and next_param.kind == "enum"
-                             and value.name.upper() in next_param.choices)
+                             and (value.name.upper() in next_param.choices
+                                  or (self.lookup_blob(value.name, scope) is None
+                                      and not (value.name == MODULE_INPUT and scope.depth > 0)
+                                      and (value.name.isupper() or nearest(value.name, next_param.choices)))))
             if isinstance(value, (Symbol, str)) and not is_enum_value and not isinstance(arg.value, ast.BinOp):
                 name = value.name if isinstance(value, Symbol) else value
                 if seen_value:
@@ -184,9 +203,11 @@ class _Expander:
             seen_value = True
             if next_param is None:
                 names = ", ".join(p.name for p in positional_params)
+                others = f"; name the others, e.g. {keyword_example}" if keyword_example else ""
                 raise self.error(f"too many positional arguments for {what}", arg.span, scope,
-                                 f"{what} takes {len(positional_params)} ({names}); name the others, e.g. kernel=3"
-                                 if positional_params else f"{what} takes only keyword arguments, e.g. name=value")
+                                 f"{what} takes {len(positional_params)} ({names}){others}"
+                                 if positional_params else
+                                 f"{what} takes only keyword arguments, e.g. {keyword_example or 'name=value'}")
             values.append((next_param, value, arg.span))
         return bottoms, values, keywords
 
@@ -197,10 +218,12 @@ class _Expander:
         spec = REGISTRY.get(type_name)
         if spec is None:
             candidates = list(REGISTRY) + list(self.program.modules)
-            raise self.error(f"unknown layer type '{type_name}'", link.type.span, scope,
+            what = "layer type or module" if self.program.modules else "layer type"
+            raise self.error(f"unknown {what} '{type_name}'", link.type.span, scope,
                              did_you_mean(type_name, candidates) or "see `netc layers` for the layer types")
         positional = tuple(spec.param(n) for n in spec.positional)
-        bottom_refs, values, keywords = self.split_args(link, positional, scope, type_name)
+        example = next((f"{p.name}=..." for p in spec.params if p.name not in spec.positional), None)
+        bottom_refs, values, keywords = self.split_args(link, positional, scope, type_name, example)
 
         given: dict[str, tuple[Any, Span]] = {}
         for param, value, span in values:
@@ -369,6 +392,13 @@ class _Expander:
             if key in env:
                 raise self.error(f"'{key}' is given twice", span, scope)
             env[key] = value
+        missing = [n for n in names if n not in env]
+        for ref, span in bottom_refs:
+            # a bare name is an input blob; one that is no blob was most likely meant as a value
+            if missing and self.lookup_blob(ref, scope) is None and not (ref == MODULE_INPUT and scope.depth > 0):
+                raise self.error(f"unknown blob '{ref}'", span, scope,
+                                 f"a bare name in a module's arguments is its input blob; to pass '{ref}' as a "
+                                 f"value, name the parameter: {mod.name.text}({missing[0]}={ref})")
         for mp in mod.params:
             if mp.name.text not in env:
                 if mp.default is None:
@@ -452,7 +482,8 @@ class _Expander:
         """`lr_policy=inv(gamma=1e-4, power=0.75)`: the policy and its fields in one place."""
         name = value.name if isinstance(value, (Symbol, CallValue)) else value
         if name not in LR_POLICIES:
-            raise self.error(f"unknown lr_policy '{_show(name)}'", arg.span, scope,
+            shown = name if isinstance(name, str) else _show(name)   # a name, not its repr
+            raise self.error(f"unknown lr_policy '{shown}'", arg.span, scope,
                              did_you_mean(str(name), LR_POLICIES) or f"policies are: {', '.join(LR_POLICIES)}")
         fields["lr_policy"] = name
         spans["lr_policy"] = arg.span

@@ -61,10 +61,12 @@ def _default_weight_filler(net: Net) -> list[Diagnostic]:
         return []   # a deploy net's weights come from a file
     out = []
     for layer in net.layers:
-        spec = REGISTRY[layer.type]
-        if spec.param("weight_filler") is None or "weight_filler" in layer.param_spans:
+        # Scale declares its weights as `filler` (weight_filler is an alias): look up the real name
+        param = REGISTRY[layer.type].param("weight_filler")
+        if param is None or param.name in layer.param_spans:
             continue
-        if layer.params["weight_filler"].type == "constant" and layer.params["weight_filler"].value == 0:
+        filler = layer.params[param.name]
+        if filler.type == "constant" and filler.value == 0:
             if layer.param_specs and all(s.lr_mult == 0 for s in layer.param_specs):
                 continue
             out.append(warning(f"the weights of '{layer.name}' start at 0 (Caffe's default filler), "
