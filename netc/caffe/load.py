@@ -113,8 +113,9 @@ class _Block:
     name: str
     tok: _Tok                      # the name token (or the `{` in list syntax)
     depth: int                     # 0 for top-level blocks
-    # Every field (at any depth) written inside the block, in text order.
-    fields: list[tuple[str, int, int]] = field(default_factory=list)
+    # Every field written inside the block, in text order: (name, line, column, depth),
+    # depth 1 for the block's own fields, more inside nested blocks.
+    fields: list[tuple[str, int, int, int]] = field(default_factory=list)
     layer_name: str | None = None  # the block's own `name: "..."`, if any
 
 
@@ -190,7 +191,7 @@ def _scan(text: str) -> _Scan:
             if t.text == "input" and has_string_value:
                 inputs.append((_unquote(toks[j].text), t))
         else:
-            stack[0].fields.append((t.text, t.line, t.col))
+            stack[0].fields.append((t.text, t.line, t.col, len(stack)))
             if len(stack) == 1 and t.text == "name" and has_string_value \
                     and stack[0].layer_name is None:
                 stack[0].layer_name = _unquote(toks[j].text)
@@ -247,19 +248,20 @@ class PrototxtSource:
     # Each legacy `input: "name"` line, keyed by the input's name.
     input_spans: dict[str, Span] = field(default_factory=dict)
     # Per layer, every field written inside it: (name, line, column).
-    _layer_fields: list[list[tuple[str, int, int]]] = field(
+    _layer_fields: list[list[tuple[str, int, int, int]]] = field(
         default_factory=list, repr=False, compare=False)
 
     def field_span(self, layer_index: int, field: str) -> Span:
-        """Where `field` is first written inside a layer, nested blocks
-        included; the layer's own span when the layer does not write it
-        (so a default value is reported at the layer)."""
-        layer_span = self.layer_spans[layer_index]
+        """Where `field` is written inside a layer: the shallowest occurrence, so
+        the layer's own `type:` wins over a filler's `type:` written before it;
+        nested blocks count (kernel_size lives in convolution_param). The layer's
+        own span when the layer does not write it (a default is reported there)."""
         written = self._layer_fields[layer_index] if self._layer_fields else []
-        for name, line, col in written:
-            if name == field:
-                return Span(self.path, line, col, line, col + len(name))
-        return layer_span
+        matches = [(depth, line, col) for name, line, col, depth in written if name == field]
+        if not matches:
+            return self.layer_spans[layer_index]
+        _, line, col = min(matches)
+        return Span(self.path, line, col, line, col + len(field))
 
 
 # ---------------------------------------------------------------------------

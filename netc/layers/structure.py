@@ -175,3 +175,17 @@ class Eltwise(LayerType):
                 raise ShapeError(f"Eltwise {p['operation']} needs equal shapes: input {i + 1} is "
                                  f"{list(shape)} but input 1 is {list(bottoms[0])}", bottom=i)
         return [bottoms[0]]
+
+
+@register
+class Silence(LayerType):
+    type_name = "Silence"
+    summary = "consumes blobs that nothing else reads, so they are not net outputs"
+    max_bottoms = None
+    num_tops = (0, 0)
+
+    def default_tops(self, name):
+        return ()
+
+    def infer(self, p, bottoms, ntops):
+        return []

@@ -23,7 +23,7 @@ def _unused_outputs(net: Net) -> list[Diagnostic]:
     """A layer output that no later layer reads and that is not a loss or a metric."""
     read = {b for layer in net.layers for b in layer.bottoms}
     has_loss = any(REGISTRY[l.type].is_loss for l in net.layers)
-    last = net.layers[-1] if net.layers else None
+    last = next((l for l in reversed(net.layers) if l.tops), None)   # Silence has no output
     out = []
     for layer in net.layers:
         spec = REGISTRY[layer.type]

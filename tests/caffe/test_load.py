@@ -655,3 +655,21 @@ def test_schema_field_numbers_match_caffe():
     assert number(caffe_pb2.V1LayerParameter, "blobs_lr") == 7
     assert number(caffe_pb2.V1LayerParameter, "convolution_param") == 10
     assert caffe_pb2.V1LayerParameter.SOFTMAX_LOSS == 21
+
+
+def test_field_span_prefers_the_layers_own_field_over_a_nested_one(tmp_path):
+    # The filler's `type:` comes first in the text; the layer's own `type:` must win.
+    path = tmp_path / "nested.prototxt"
+    path.write_text(
+        'input: "data"\n'
+        'input_shape { dim: 1 dim: 1 dim: 8 dim: 8 }\n'
+        'layer {\n'
+        '  name: "conv"\n'
+        '  convolution_param { num_output: 2 kernel_size: 3 weight_filler { type: "xavier" } }\n'
+        '  type: "Convolution"\n'
+        '  bottom: "data"\n'
+        '  top: "conv"\n'
+        '}\n')
+    src = load_prototxt(str(path))
+    span = src.field_span(0, "type")
+    assert (span.line, span.column) == (6, 3)

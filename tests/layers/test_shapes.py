@@ -522,3 +522,26 @@ def test_lenet(net):
     total = sum(nparams(n, layer.name) for layer in n.layers)
     assert total == (20 * 25 + 20) + (50 * 20 * 25 + 50) + (500 * 800 + 500) + (10 * 500 + 10) == 431_080
     assert n.warnings == ()
+
+
+def test_silence_consumes_its_inputs_and_produces_nothing(tmp_path):
+    from netc.compile import compile_net
+    path = tmp_path / "silence.net"
+    path.write_text("input data [2, 3, 8, 8]\ninput extra [2, 5]\n"
+                    "conv: Convolution(4, kernel=3, weight=xavier)\nquiet: Silence(extra)\n")
+    net = compile_net(str(path))
+    layer = net.layer("quiet")
+    assert layer.bottoms == ("extra",) and layer.tops == ()
+    assert net.layer_info["quiet"].top_shapes == ()
+    assert net.warnings == ()
+
+
+def test_silence_may_not_name_outputs(tmp_path):
+    from netc.compile import compile_net
+    from netc.errors import NetcError
+    path = tmp_path / "silence.net"
+    path.write_text("input data [2, 3]\nquiet: Silence(data) -> out\n")
+    with pytest.raises(NetcError) as err:
+        compile_net(str(path))
+    assert (err.value.span.line, err.value.span.column) == (2, 25)
+    assert "Silence has 0 outputs, got 1" in err.value.message
