@@ -566,15 +566,19 @@ def _translate_parse_error(err: text_format.ParseError, path: str, text: str,
     return NetcError(f"syntax error in {where}: {raw}", span)
 
 
-def _read_text(path: str, what: str) -> str:
+def _read_bytes(path: str, what: str) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise NetcError(f"{what} '{path}' does not exist") from None
     except IsADirectoryError:
         raise NetcError(f"{what} '{path}' is a directory, not a file") from None
     except OSError as e:
         raise NetcError(f"cannot read {what} '{path}': {e.strerror or e}") from None
+
+
+def _read_text(path: str, what: str) -> str:
+    data = _read_bytes(path, what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -734,14 +738,7 @@ def load_caffemodel(path: str) -> caffe_pb2.NetParameter:
     num/channels/height/width they were stored with.
     """
     path = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise NetcError(f"weights file '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise NetcError(f"weights file '{path}' is a directory, not a file") from None
-    except OSError as e:
-        raise NetcError(f"cannot read weights file '{path}': {e.strerror or e}") from None
+    data = _read_bytes(path, "weights file")
 
     looks_textual = _looks_like_prototxt(data)
     net = caffe_pb2.NetParameter()

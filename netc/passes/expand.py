@@ -17,7 +17,7 @@ from netc.lang import ast
 from netc.lang.values import CallValue, Symbol, evaluate
 from netc.layers import REGISTRY, LayerType
 from netc.layers.base import Param, ParamError, coerce
-from netc.train.solver_config import LR_POLICIES, LR_POLICY_FIELDS, SOLVER_TYPES, solver_field
+from netc.train.solver_config import LR_POLICIES, LR_POLICY_FIELDS, SOLVER_FIELDS, SOLVER_TYPES, solver_field
 
 PHASES = ("train", "test")
 # Keywords every layer accepts: Caffe's ParamSpec fields and loss_weight.
@@ -461,7 +461,7 @@ class _Expander:
             param = solver_field(arg.keyword)
             if param is None:
                 raise self.error(f"unknown solver field '{arg.keyword}'", arg.span, scope,
-                                 did_you_mean(arg.keyword, [p.name for p in _solver_params()]))
+                                 did_you_mean(arg.keyword, [p.name for p in SOLVER_FIELDS]))
             if isinstance(value, Symbol) and param.kind == "str":
                 value = value.name
             try:
@@ -499,11 +499,6 @@ class _Expander:
                 except ParamError as err:
                     raise self.error(err.message, arg.span, scope, err.hint) from None
                 spans[key] = arg.span
-
-
-def _solver_params():
-    from netc.train.solver_config import SOLVER_FIELDS
-    return SOLVER_FIELDS
 
 
 def _at(items, i, default):
