@@ -28,7 +28,7 @@ from netc.errors import NetcError, Span, did_you_mean
 from netc.ir import Layer, Net, ParamSpec, SolverSpec, frozen
 from netc.lang.values import CallValue
 from netc.layers import REGISTRY, LayerType
-from netc.layers.base import Param, ParamError, coerce
+from netc.layers.base import Param, ParamError, coerce, resolve_paths
 from netc.train.solver_config import LR_POLICIES, LR_POLICY_FIELDS, SOLVER_FIELDS, SOLVER_TYPES
 
 __all__ = ["net_from_prototxt", "solver_from_prototxt", "layer_in_phase", "read_layer_params",
@@ -248,9 +248,7 @@ def net_from_prototxt(path: str, phase: str = "test") -> Net:
 
         given, spans = read_layer_params(src, i, spec, lp.type)
         params = {p.name: given.get(p.name, p.default) for p in spec.params}
-        if params.get("source") is not None:
-            # Caffe opens data sources relative to the directory it runs in
-            params["source_path"] = os.path.abspath(os.path.expanduser(params["source"]))
+        resolve_paths(spec, params, os.getcwd())
         try:
             params = spec.normalize(params)
         except ParamError as err:

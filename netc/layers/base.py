@@ -8,6 +8,7 @@ language and Caffe's prototxt.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -36,6 +37,17 @@ class ShapeError(Exception):
 REQUIRED = object()
 
 
+def resolve_paths(spec: "LayerType", params: dict, base_dir: str) -> None:
+    """Add `<name>_path`, the file a path parameter names, for each one given.
+
+    Each front end says what paths are relative to: a .net file's own folder (a net
+    moves with its data), a prototxt the working directory (Caffe's convention)."""
+    for p in spec.params:
+        value = params.get(p.name)
+        if p.path and isinstance(value, str) and value:
+            params[p.name + "_path"] = os.path.join(base_dir, os.path.expanduser(value))
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of a layer type.
@@ -51,6 +63,7 @@ class Param:
     minimum: float | None = None
     message: str | None = None
     doc: str = ""
+    path: bool = False        # a file or folder name, resolved by the front end into `<name>_path`
 
     @property
     def required(self) -> bool:
@@ -215,6 +228,10 @@ class LayerType:
 
     def macs(self, p: dict, bottoms: list[Shape], tops: list[Shape]) -> int:
         return 0
+
+    def assumption(self, p: dict) -> str | None:
+        """What the shape rule had to assume rather than know; said as a warning."""
+        return None
 
     def default_loss_weight(self) -> float:
         return 1.0 if self.is_loss else 0.0

@@ -55,10 +55,10 @@ TRANSFORM_PARAMS = (
     Param("mirror", "bool", False, message="transform_param", doc="random horizontal flips in training"),
     Param("crop_size", "int", 0, minimum=0, message="transform_param",
           doc="random crop in training, centre crop in testing"),
-    Param("mean_file", "str", None, message="transform_param"),
+    Param("mean_file", "str", None, message="transform_param", path=True),
     Param("mean_value", "floats", (), message="transform_param"),
 )
-_SOURCE = Param("source", "str", REQUIRED, doc="where the data is")
+_SOURCE = Param("source", "str", REQUIRED, doc="where the data is", path=True)
 _BATCH = Param("batch_size", "int", REQUIRED, minimum=1, aliases=("batch",))
 _SHAPE = Param("shape", "shape", (), doc="[C, H, W] of one example, when the source cannot tell")
 
@@ -103,8 +103,11 @@ class _DataSource(LayerType):
 
 @register
 class Data(_DataSource):
+    """Caffe reads the example shape from the database, which netc check does not open.
+    What can be known without it is used: the mean file's header (the mean image is
+    C×H×W, the examples' size), the count of mean values (one per channel), the crop."""
     type_name = "Data"
-    summary = "Caffe's LMDB/LevelDB source (netc check needs --input for its shape)"
+    summary = "Caffe's LMDB/LevelDB source (shape from shape=, the mean file, or crop_size)"
     params = (_SOURCE, _BATCH, _SHAPE,
               Param("backend", "enum", "LEVELDB", choices=("LEVELDB", "LMDB")),
               Param("rand_skip", "int", 0, minimum=0),
@@ -112,7 +115,41 @@ class Data(_DataSource):
     message = "data_param"
 
     def read_example_shape(self, p):
-        raise UnknownShape("Caffe's Data layer reads its shape from the database")
+        mean = read_mean_file_shape(p.get("mean_file_path"))
+        if mean is not None:
+            return mean
+        crop = p["crop_size"]
+        if not crop:
+            raise UnknownShape("Caffe's Data layer reads its shape from the database")
+        channels = len(p["mean_value"]) if len(p["mean_value"]) > 1 else 3
+        return (channels, crop, crop)
+
+    def assumption(self, p):
+        if p["shape"] or read_mean_file_shape(p.get("mean_file_path")) or len(p["mean_value"]) > 1:
+            return None
+        return ("assumed 3-channel images for Caffe's Data layer (convert_imageset stores colour "
+                "images); its shape is read from the database, which netc check does not open")
+
+
+def read_mean_file_shape(path: str | None) -> tuple[int, ...] | None:
+    """C, H, W of a Caffe mean file (a binary BlobProto), or None where there is none.
+    A file that exists but is no BlobProto is an error naming it."""
+    if not path or not os.path.isfile(path):
+        return None
+    from netc.caffe import caffe_pb2
+    from google.protobuf.message import DecodeError
+
+    blob = caffe_pb2.BlobProto()
+    try:
+        with open(path, "rb") as f:
+            blob.ParseFromString(f.read())
+    except (OSError, DecodeError) as err:
+        raise UnknownShape(f"the mean file '{path}' is not a Caffe BlobProto ({err})") from None
+    dims = tuple(blob.shape.dim) if blob.HasField("shape") else (blob.num, blob.channels, blob.height, blob.width)
+    dims = dims[-3:]
+    if len(dims) != 3 or any(d < 1 for d in dims):
+        raise UnknownShape(f"the mean file '{path}' holds no C×H×W image (its shape is {list(dims)})")
+    return dims
 
 
 def _idx_images_file(path: str, split: str) -> str:
@@ -203,7 +240,7 @@ class NpyData(_DataSource):
     type_name = "NpyData"
     summary = "arrays from .npy (data) or .npz (data_key, label_key) files"
     params = (_SOURCE, _BATCH, _SHAPE,
-              Param("label_source", "str", None, doc=".npy file of labels when source is a .npy"),
+              Param("label_source", "str", None, doc=".npy file of labels when source is a .npy", path=True),
               Param("data_key", "str", "data"),
               Param("label_key", "str", "label"),
               Param("shuffle", "bool", None)) + TRANSFORM_PARAMS
@@ -223,7 +260,7 @@ class ImageData(_DataSource):
               Param("new_height", "int", 0, minimum=0),
               Param("new_width", "int", 0, minimum=0),
               Param("is_color", "bool", True),
-              Param("root_folder", "str", ""),
+              Param("root_folder", "str", "", path=True),
               Param("shuffle", "bool", False),
               Param("rand_skip", "int", 0, minimum=0)) + TRANSFORM_PARAMS
     message = "image_data_param"

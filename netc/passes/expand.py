@@ -16,7 +16,7 @@ from netc.ir import Layer, Net, ParamSpec, ShapeContract, SolverSpec, frozen
 from netc.lang import ast
 from netc.lang.values import CallValue, Symbol, evaluate
 from netc.layers import REGISTRY, LayerType
-from netc.layers.base import Param, ParamError, coerce
+from netc.layers.base import Param, ParamError, coerce, resolve_paths
 from netc.train.solver_config import LR_POLICIES, LR_POLICY_FIELDS, SOLVER_FIELDS, SOLVER_TYPES, solver_field
 
 PHASES = ("train", "test")
@@ -262,9 +262,7 @@ class _Expander:
                 raise self.error(f"{type_name} needs {param.name}", link.type.span, scope, f"e.g. {example}")
             else:
                 params[param.name] = param.default
-        if "source" in params and params["source"] is not None:
-            # .net files name their data relative to themselves, so a net can move with its data
-            params["source_path"] = os.path.join(self.base_dir, os.path.expanduser(params["source"]))
+        resolve_paths(spec, params, self.base_dir)
         try:
             params = spec.normalize(params)
         except ParamError as err:

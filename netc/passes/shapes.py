@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Mapping
 
-from netc.errors import NetcError
+from netc.errors import Diagnostic, NetcError, warning
 from netc.ir import Layer, LayerInfo, Net, Shape, frozen
 from netc.lang.values import Symbol, evaluate
 from netc.layers import REGISTRY
@@ -46,6 +46,7 @@ def infer_shapes(net: Net, overrides: Mapping[str, Shape] | None = None) -> Net:
     shapes: dict[str, Shape] = {}
     producers: dict[str, Layer] = {}
     info: dict[str, LayerInfo] = {}
+    notes: list[Diagnostic] = []
     known_tops = {top for layer in net.layers for top in layer.tops}
     for name in overrides:
         if name not in known_tops:
@@ -78,6 +79,11 @@ def infer_shapes(net: Net, overrides: Mapping[str, Shape] | None = None) -> Net:
                     hint = f"{origin}; {hint}" if hint else origin
                 raise _error(layer, f"{layer.type} '{layer.name}': {err.message}", hint, err.param) from None
             tops = [t if t is not None else inferred[i] for i, t in enumerate(tops)] if tops else inferred
+            assumed = spec.assumption(params)
+            if assumed is not None:
+                top = layer.tops[0]
+                notes.append(warning(f"'{top}' is {_shape_text(tops[0])}: {assumed}", layer.span,
+                                     f"if the data differs, give --input {top}=N,C,H,W"))
         for top, shape in zip(layer.tops, tops):
             if any(d < 1 for d in shape):
                 raise _error(layer, f"{layer.type} '{layer.name}' would produce {_shape_text(shape)} for '{top}'",
@@ -92,7 +98,7 @@ def infer_shapes(net: Net, overrides: Mapping[str, Shape] | None = None) -> Net:
             raise _error(layer, f"{layer.type} '{layer.name}': {err.message}", err.hint, err.param) from None
         info[layer.name] = LayerInfo(tuple(bottoms), tuple(tuple(t) for t in tops),
                                      tuple(tuple(s) for s in param_shapes), macs)
-    net = replace(net, blob_shapes=frozen(shapes), layer_info=frozen(info))
+    net = replace(net, blob_shapes=frozen(shapes), layer_info=frozen(info), warnings=net.warnings + tuple(notes))
     check_contracts(net)
     check_shared_params(net)
     return net

@@ -5,6 +5,7 @@ shared/README.md; located errors are checked against prototxts written here.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from netc.caffe import caffe_pb2
 from netc.caffe.load import load_prototxt
 from netc.caffe.prototxt import layer_in_phase, net_from_prototxt, solver_from_prototxt
 from netc.compile import compile_net
@@ -213,14 +215,64 @@ def test_cli_check_prototxt():
 
 
 @needs_shared
-def test_cli_check_without_input_shape_fails_located():
+def test_cli_check_alexnet_train_val_without_input_assumes_colour_and_warns():
     netc = shutil.which("netc")
     cmd = [netc] if netc else [sys.executable, "-m", "netc"]
     path = MODELS / "models" / "bvlc_alexnet" / "train_val.prototxt"
-    result = subprocess.run(cmd + ["check", str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert "--input data=" in result.stderr
+    result = subprocess.run(cmd + ["check", str(path), "--phase", "train", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # batch_size 256 and crop_size 227 are in the file; the channels are the assumption
+    assert json.loads(result.stdout)["blobs"]["data"] == [256, 3, 227, 227]
+    assert f"{path}:2:1: warning: 'data' is [256, 3, 227, 227]: assumed 3-channel images" in result.stderr
+    assert "--input data=N,C,H,W" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@needs_shared
+def test_data_layer_channels_from_mean_values_need_no_assumption():
+    net = compile_net(str(MODELS / "models" / "bvlc_googlenet" / "train_val.prototxt"), "train")
+    assert net.blob_shapes["data"] == (32, 3, 224, 224)      # three mean_value entries: three channels
+    assert not [w for w in net.warnings if "assumed" in w.message]
+
+
+def _data_prototxt(tmp_path, transform: str) -> str:
+    path = tmp_path / "data.prototxt"
+    path.write_text('layer {\n  name: "d"\n  type: "Data"\n  top: "data"\n  top: "label"\n'
+                    f'  transform_param {{ {transform} }}\n'
+                    '  data_param { source: "db" batch_size: 8 backend: LMDB }\n}\n')
+    return str(path)
+
+
+def test_data_layer_shape_from_the_mean_files_header(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)          # Caffe resolves mean_file against its working directory
+    mean = caffe_pb2.BlobProto()
+    mean.shape.dim.extend([1, 3, 40, 36])
+    (tmp_path / "mean.binaryproto").write_bytes(mean.SerializeToString())
+    net = compile_net(_data_prototxt(tmp_path, 'mean_file: "mean.binaryproto" crop_size: 32'))
+    assert net.blob_shapes["data"] == (8, 3, 32, 32)
+    assert net.blob_shapes["label"] == (8,)
+    assert net.warnings == ()
+    net = compile_net(_data_prototxt(tmp_path, 'mean_file: "mean.binaryproto"'))
+    assert net.blob_shapes["data"] == (8, 3, 40, 36)
+
+
+def test_corrupt_mean_file_is_an_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mean.binaryproto").write_bytes(b"\xff\xff\xff not a blob")
+    with pytest.raises(NetcError) as err:
+        compile_net(_data_prototxt(tmp_path, 'mean_file: "mean.binaryproto" crop_size: 32'))
+    assert "mean.binaryproto' is not a Caffe BlobProto" in err.value.message
+    assert (err.value.span.line, err.value.span.column) == (1, 1)
+
+
+def test_data_layer_without_crop_or_mean_asks_for_input(tmp_path):
+    with pytest.raises(NetcError) as err:
+        compile_net(_data_prototxt(tmp_path, "scale: 0.5"))
+    assert "reads its shape from the database" in err.value.message
+    assert err.value.hint.startswith("give it with --input data=N,C,H,W")
+    net = compile_net(_data_prototxt(tmp_path, "scale: 0.5"), overrides={"data": (8, 1, 28, 28)})
+    assert net.blob_shapes["label"] == (8,)
 
 
 @needs_shared
