@@ -23,6 +23,21 @@ class ReLU(_Elementwise):
     positional = ("negative_slope",)
     message = "relu_param"
 
+    # y = x if x > 0 else slope·x;  ∂y/∂x = 1 if x > 0 else slope
+    def forward(self, p, bottoms, weights, ctx, state):
+        x = bottoms[0]
+        slope = p["negative_slope"]
+        if slope == 0:
+            return [ctx.xp.maximum(x, 0)]
+        return [ctx.xp.where(x > 0, x, x * x.dtype.type(slope))]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if not need[0]:
+            return [None], []
+        x, dy = bottoms[0], top_diffs[0]
+        slope = p["negative_slope"]
+        return [ctx.xp.where(x > 0, dy, dy * dy.dtype.type(slope))], []
+
 
 @register
 class Sigmoid(_Elementwise):

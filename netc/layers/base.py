@@ -229,6 +229,21 @@ class LayerType:
     def macs(self, p: dict, bottoms: list[Shape], tops: list[Shape]) -> int:
         return 0
 
+    # --- running ------------------------------------------------------------------
+    # forward and backward are written against ctx.xp (NumPy's API), so the CuPy backend
+    # runs the same code. They never modify their inputs; `state` (a dict per layer and
+    # pass) carries what backward needs from forward: masks, arg-maxes, scales.
+
+    def forward(self, p: dict, bottoms: list, weights: list, ctx, state: dict) -> list:
+        """The tops from the bottoms (and the layer's learnable blobs)."""
+        raise NotImplementedError(f"{self.type_name} cannot run yet")
+
+    def backward(self, p: dict, bottoms: list, tops: list, top_diffs: list, weights: list, ctx,
+                 state: dict, need: list[bool]) -> tuple[list, list]:
+        """(bottom_diffs, weight_diffs): ∂loss/∂bottom for each bottom where need[i]
+        (None elsewhere), and ∂loss/∂w for each learnable blob (None where it has none)."""
+        return [None] * len(bottoms), [None] * len(weights)
+
     def assumption(self, p: dict) -> str | None:
         """What the shape rule had to assume rather than know; said as a warning."""
         return None

@@ -1,0 +1,1 @@
+"""Running a checked net: backends, the executor, weights."""
