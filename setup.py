@@ -14,7 +14,7 @@ setup(
               "netc.grammars", "netc.kernels"],
     package_dir={"netc": "netc", "netc.grammars": "grammars", "netc.kernels": "kernels"},
     package_data={"netc.grammars": ["*.lark"], "netc.kernels": ["*.cu"], "netc.caffe": ["*.proto"]},
-    install_requires=["lark>=1.1.7", "numpy>=1.23", "click>=8.0", "protobuf>=7.35.1"],
+    install_requires=["lark>=1.1.7", "numpy>=1.23", "click>=8.0", "protobuf>=7.35.1", "pillow>=9"],
     extras_require={
         "test": ["pytest>=7", "grpcio-tools==1.85.1"],
         "cuda": ["cupy-cuda12x"],

@@ -61,6 +61,62 @@ def check(file, inputs, phase, as_json):
         click.echo(table(net))
 
 
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--infer", is_flag=True, help="run the net forward on the given inputs")
+@click.option("--weights", "weights_path", type=click.Path(dir_okay=False),
+              help=".npz or .caffemodel; without it, the weights come from the fillers (--seed)")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=FILE",
+              help="an input blob's data: a .npy array (first axis: examples) or an image")
+@click.option("--output", type=click.Path(dir_okay=False), help="write the output blobs to this .npz")
+@click.option("--blobs", help="comma-separated blobs to output (default: the net's outputs)")
+@click.option("--batch", type=click.IntRange(min=1), help="examples per forward pass (default: the net's)")
+@click.option("--device", default="cpu", show_default=True, help="cpu (cuda: later)")
+@click.option("--allow-missing", is_flag=True, help="layers the weights file lacks keep their fillers' values")
+@click.option("--labels", type=click.Path(dir_okay=False), help="class names, one per line (for images)")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the fillers' generator")
+def run(file, infer, weights_path, inputs, output, blobs, batch, device, allow_missing, labels, seed):
+    """Run FILE (.net or .prototxt): inference with --infer."""
+    import numpy as np
+
+    from netc.runtime import infer as inference
+
+    if not infer:
+        raise NetcError("netc run needs --infer for now", None, "training (--train) is not built yet")
+    if device != "cpu":
+        raise NetcError(f"device '{device}' is not available", None, "the CUDA backend is not built yet: use --device cpu")
+    arrays, image_inputs = {}, []
+    for text in inputs:
+        name, sep, path = text.partition("=")
+        if not name or not sep or not path:
+            raise NetcError(f"--input '{text}' is not NAME=FILE", None, "e.g. --input data=batch.npy")
+        if path.lower().endswith(inference.IMAGE_SUFFIXES):
+            arrays[name] = inference.load_image(path, file, name)
+            image_inputs.append(name)
+        else:
+            arrays[name] = inference.load_array(path)
+    if weights_path is None:
+        click.echo(f"netc: no --weights: the weights are the fillers' values (seed {seed})", err=True)
+    wanted = [b.strip() for b in blobs.split(",") if b.strip()] if blobs else None
+    results = inference.run_inference(file, arrays, weights_path, wanted, batch, seed,
+                                      allow_missing=allow_missing)
+    if output:
+        import io
+
+        from netc.fileio import write_bytes_atomic
+        buffer = io.BytesIO()
+        np.savez(buffer, **results)
+        write_bytes_atomic(output, buffer.getvalue())
+    for name, value in results.items():
+        click.echo(f"{name}: {list(value.shape)}" + (f" -> {output}" if output else ""))
+    if image_inputs:
+        names = inference.read_labels(labels) if labels else None
+        (name, scores), = list(results.items())[:1]
+        for rank, (cls, prob) in enumerate(inference.top_k(scores[0]), start=1):
+            label = names[cls] if names and cls < len(names) else f"class {cls}"
+            click.echo(f"{rank}. {prob:7.2%}  {label}")
+
+
 @cli.command(name="import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="where to write the .net (default: stdout)")
