@@ -44,11 +44,33 @@ class Sigmoid(_Elementwise):
     type_name = "Sigmoid"
     summary = "logistic function"
 
+    # Caffe: y = 0.5·tanh(0.5·x) + 0.5 (the logistic function, without overflow);  ∂y/∂x = y(1 − y)
+    def forward(self, p, bottoms, weights, ctx, state):
+        x = bottoms[0]
+        half = x.dtype.type(0.5)
+        return [ctx.xp.tanh(x * half) * half + half]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if not need[0]:
+            return [None], []
+        y, dy = tops[0], top_diffs[0]
+        return [dy * y * (y.dtype.type(1) - y)], []
+
 
 @register
 class TanH(_Elementwise):
     type_name = "TanH"
     summary = "hyperbolic tangent"
+
+    # y = tanh x;  ∂y/∂x = 1 − y²
+    def forward(self, p, bottoms, weights, ctx, state):
+        return [ctx.xp.tanh(bottoms[0])]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if not need[0]:
+            return [None], []
+        y, dy = tops[0], top_diffs[0]
+        return [dy * (y.dtype.type(1) - y * y)], []
 
 
 @register
@@ -64,3 +86,22 @@ class Dropout(_Elementwise):
             raise ParamError(f"dropout_ratio must be between 0 and 1 (exclusive), not {p['dropout_ratio']:g}",
                              param="dropout_ratio")
         return p
+
+    # train: keep each unit with probability 1 − ratio and scale it by 1/(1 − ratio);
+    # test: the identity. state["mask"] holds mask/(1 − ratio) (0 or the scale) for backward.
+    def forward(self, p, bottoms, weights, ctx, state):
+        x = bottoms[0]
+        if not ctx.train:
+            state["mask"] = None
+            return [x]
+        xp, ratio = ctx.xp, p["dropout_ratio"]
+        keep = xp.asarray(ctx.rng.random(x.shape) >= ratio)       # Bernoulli(1 − ratio)
+        mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - ratio))
+        state["mask"] = mask
+        return [x * mask]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if not need[0]:
+            return [None], []
+        mask = state.get("mask")
+        return [top_diffs[0] if mask is None else top_diffs[0] * mask], []

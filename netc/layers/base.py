@@ -232,7 +232,8 @@ class LayerType:
     # --- running ------------------------------------------------------------------
     # forward and backward are written against ctx.xp (NumPy's API), so the CuPy backend
     # runs the same code. They never modify their inputs; `state` (a dict per layer and
-    # pass) carries what backward needs from forward: masks, arg-maxes, scales.
+    # pass) arrives holding "ntops", the number of tops to return, and carries what
+    # backward needs from forward: masks, arg-maxes, scales.
 
     def forward(self, p: dict, bottoms: list, weights: list, ctx, state: dict) -> list:
         """The tops from the bottoms (and the layer's learnable blobs)."""

@@ -4,11 +4,79 @@
   Convolution:   out = (in + 2·pad − extent) // stride + 1
   Deconvolution: out = stride·(in − 1) + extent − 2·pad
 Weights: Convolution [num_output, C/group, kh, kw]; Deconvolution [C, num_output/group, kh, kw].
+
+Running: im2col + one GEMM per group (netc.layers.im2col). Convolution's forward is
+y[g] = W[g] · col(x)[g] + b; its backward dW[g] = Σ_batch dy[g] · col(x)[g]ᵀ,
+db = Σ dy, dx = col2im(W[g]ᵀ · dy[g]). Deconvolution is the transposed convolution:
+its forward is that backward-data (col2im(W[g]ᵀ · x[g]) + b), its backward-data is a
+convolution of dy, and dW[g] = Σ_batch x[g] · col(dy)[g]ᵀ.
 """
 from __future__ import annotations
 
 from netc.layers.base import (LEARNABLE_PARAMS, REQUIRED, LayerType, Param, ParamError, ShapeError,
                               register, spatial_pair)
+from netc.layers.im2col import col2im, conv_geometry, im2col
+
+# Output maps smaller than this (pixels per image) are computed with one GEMM over the
+# whole batch (column layout "C"); larger ones with one GEMM per image that writes NCHW
+# directly (layout "N"), which saves transposing a large output.
+_BATCHED_GEMM_BELOW = 400
+
+
+def _add_bias(xp, y, weights, p):
+    """y += b per output channel, in place on a fresh array."""
+    if p["bias_term"] and len(weights) > 1:
+        y += weights[1].reshape(1, -1, 1, 1)
+    return y
+
+
+def _batch_major(a, groups: int):
+    """(N, G·M, H, W) → (G, M, N·H·W): the batch folded into the GEMM's long dimension."""
+    n, cm = a.shape[:2]
+    return a.reshape(n, groups, cm // groups, -1).transpose(1, 2, 0, 3).reshape(groups, cm // groups, -1)
+
+
+def _from_batch_major(xp, a, n: int, h: int, w: int):
+    """(G, M, N·H·W) → (N, G·M, H, W), contiguous."""
+    g, m = a.shape[:2]
+    return xp.ascontiguousarray(a.reshape(g * m, n, h, w).transpose(1, 0, 2, 3))
+
+
+def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int):
+    """y = conv(x) (+ bias): (N, Co, OH, OW). wts: [Co, C/g, kh, kw]."""
+    co = wts.shape[0]
+    wmat = wts.reshape(groups, co // groups, -1)
+    kg, pix = geo.rows // groups, geo.oh * geo.ow
+    if geo.one_by_one:
+        y = xp.matmul(wmat, x.reshape(n, groups, kg, pix)).reshape(n, co, geo.oh, geo.ow)
+    elif n > 1 and pix < _BATCHED_GEMM_BELOW:
+        r = xp.matmul(wmat, im2col(xp, x, geo, "C").reshape(groups, kg, n * pix))
+        r = r.reshape(co, n, geo.oh, geo.ow).transpose(1, 0, 2, 3)
+        y = xp.empty((n, co, geo.oh, geo.ow), dtype=x.dtype)
+        if bias is not None:
+            xp.add(r, bias.reshape(1, co, 1, 1), out=y)
+            return y
+        y[...] = r
+        return y
+    else:
+        y = xp.matmul(wmat, im2col(xp, x, geo, "N").reshape(n, groups, kg, pix)).reshape(n, co, geo.oh, geo.ow)
+    if bias is not None:
+        y += bias.reshape(1, co, 1, 1)
+    return y
+
+
+def _columns_batch_major(xp, x, geo, groups: int, n: int):
+    """col(x) as (G, C/g·kh·kw, N·OH·OW)."""
+    if geo.one_by_one:
+        return _batch_major(x, groups)
+    return im2col(xp, x, geo, "C").reshape(groups, geo.rows // groups, -1)
+
+
+def _col2im_batch_major(xp, dcol, geo, n: int):
+    """The adjoint of _columns_batch_major: (G, Kg, N·OH·OW) → (N, C, H, W)."""
+    if geo.one_by_one:
+        return _from_batch_major(xp, dcol, n, geo.h, geo.w)
+    return col2im(xp, dcol, geo, n, "C")
 
 _CONV_PARAMS = (
     Param("num_output", "int", REQUIRED, minimum=1, doc="output channels"),
@@ -90,6 +158,30 @@ class Convolution(_ConvolutionBase):
         out_w = (w + 2 * pw - ew) // sw + 1
         return [(n, p["num_output"], out_h, out_w)] * ntops
 
+    def _geometry(self, p, x):
+        n, c, h, w = x.shape
+        (_, _, oh, ow), = self.infer(p, [tuple(x.shape)], 1)
+        return conv_geometry(p, c, h, w, oh, ow)
+
+    def forward(self, p, bottoms, weights, ctx, state):
+        x = bottoms[0]
+        bias = weights[1] if p["bias_term"] else None
+        return [_conv_forward(ctx.xp, x, weights[0], bias, self._geometry(p, x), p["group"], x.shape[0])]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        xp, x, dy = ctx.xp, bottoms[0], top_diffs[0]
+        n, groups, wts = x.shape[0], p["group"], weights[0]
+        geo = self._geometry(p, x)
+        dy_b = _batch_major(dy, groups)                        # (G, Co/g, N·OH·OW)
+        cols = _columns_batch_major(xp, x, geo, groups, n)     # (G, Kg, N·OH·OW)
+        dw = xp.matmul(dy_b, cols.transpose(0, 2, 1)).reshape(wts.shape)
+        grads = [dw] + ([dy.sum(axis=(0, 2, 3))] if p["bias_term"] else [])
+        dx = None
+        if need[0]:
+            wmat = wts.reshape(groups, wts.shape[0] // groups, -1)
+            dx = _col2im_batch_major(xp, xp.matmul(wmat.transpose(0, 2, 1), dy_b), geo, n)
+        return [dx], grads
+
     def param_shapes(self, p, bottoms):
         kh, kw = p["kernel"]
         shapes = [(p["num_output"], bottoms[0][1] // p["group"], kh, kw)]
@@ -117,6 +209,40 @@ class Deconvolution(_ConvolutionBase):
             raise ShapeError(f"padding {ph}x{pw} leaves no output ({out_h}x{out_w})",
                              "deconvolution removes 2·pad from its output: use less padding", param="pad")
         return [(n, p["num_output"], out_h, out_w)] * ntops
+
+    def _geometry(self, p, x):
+        """The convolution whose backward-data this layer's forward is: its input is
+        this layer's output (num_output × OH × OW), its output this layer's input."""
+        n, c, h, w = x.shape
+        (_, co, oh, ow), = self.infer(p, [tuple(x.shape)], 1)
+        return conv_geometry(p, co, oh, ow, h, w)
+
+    def forward(self, p, bottoms, weights, ctx, state):
+        xp, x, wts = ctx.xp, bottoms[0], weights[0]
+        n, cin, h, w = x.shape
+        groups = p["group"]
+        geo = self._geometry(p, x)
+        wmat = wts.reshape(groups, cin // groups, -1)            # (G, Cin/g, Co/g·kh·kw)
+        cols = xp.matmul(wmat.transpose(0, 2, 1), x.reshape(n, groups, cin // groups, h * w))
+        if geo.one_by_one:
+            y = cols.reshape(n, geo.c, geo.h, geo.w)
+        else:
+            y = col2im(xp, cols, geo, n, "N")
+        return [_add_bias(xp, y, weights, p)]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        xp, x, dy, wts = ctx.xp, bottoms[0], top_diffs[0], weights[0]
+        n, cin, h, w = x.shape
+        groups = p["group"]
+        geo = self._geometry(p, x)
+        cols = _columns_batch_major(xp, dy, geo, groups, n)     # (G, Co/g·kh·kw, N·H·W)
+        dw = xp.matmul(_batch_major(x, groups), cols.transpose(0, 2, 1)).reshape(wts.shape)
+        grads = [dw] + ([dy.sum(axis=(0, 2, 3))] if p["bias_term"] else [])
+        dx = None
+        if need[0]:
+            wmat = wts.reshape(groups, cin // groups, -1)
+            dx = _from_batch_major(xp, xp.matmul(wmat, cols), n, h, w)
+        return [dx], grads
 
     def param_shapes(self, p, bottoms):
         kh, kw = p["kernel"]

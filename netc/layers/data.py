@@ -288,6 +288,21 @@ class DummyData(LayerType):
     def infer(self, p, bottoms, ntops):
         return Input.infer(self, p, bottoms, ntops)
 
+    # each top filled from data_filler (constant 0 when not given) with the run's generator;
+    # one shape for several tops: each top gets its own fill
+    def forward(self, p, bottoms, weights, ctx, state):
+        from netc.ir import Filler
+        from netc.runtime.fillers import fill
+
+        filler = p["data_filler"] or Filler()
+        shapes = p["shape"]
+
+        def make(i):
+            shape = tuple(shapes[i] if len(shapes) > 1 else shapes[0])
+            return ctx.xp.asarray(fill(filler, shape, ctx.rng, ctx.dtype), dtype=ctx.dtype)
+
+        return [make(i) for i in range(state["ntops"])]
+
 
 @register
 class MemoryData(_DataSource):

@@ -38,3 +38,35 @@ class InnerProduct(LayerType):
     def macs(self, p, bottoms, tops):
         axis = self._axis(p, bottoms[0])
         return count(bottoms[0][:axis]) * count(bottoms[0][axis:]) * p["num_output"]
+
+    # --- running ------------------------------------------------------------------
+    # x: the bottom as [M, K] (M = the axes before `axis`); W: [N, K] ([K, N] with transpose).
+    # y = x·Wᵀ + b, computed as (W·xᵀ)ᵀ: for small batches the weight streams once, row-major.
+    # ∂x = ∂y·W, ∂W = ∂yᵀ·x (transpose: xᵀ·∂y), ∂b = Σ_rows ∂y.
+
+    def forward(self, p, bottoms, weights, ctx, state):
+        x = bottoms[0]
+        axis = self._axis(p, x.shape)
+        m = count(x.shape[:axis])
+        x2 = x.reshape(m, -1)
+        w = weights[0]
+        y = x2 @ w if p["transpose"] else (w @ x2.T).T
+        if p["bias_term"]:
+            y = y + weights[1]
+        return [ctx.xp.ascontiguousarray(y).reshape(x.shape[:axis] + (p["num_output"],))]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        x = bottoms[0]
+        axis = self._axis(p, x.shape)
+        m = count(x.shape[:axis])
+        x2 = x.reshape(m, -1)
+        dy = top_diffs[0].reshape(m, p["num_output"])
+        w = weights[0]
+        dw = x2.T @ dy if p["transpose"] else dy.T @ x2
+        grads = [dw]
+        if p["bias_term"]:
+            grads.append(dy.sum(axis=0))
+        dx = None
+        if need[0]:
+            dx = (dy @ w.T if p["transpose"] else dy @ w).reshape(x.shape)
+        return [dx], grads

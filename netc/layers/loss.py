@@ -2,19 +2,64 @@
 
 SoftmaxWithLoss: loss = −Σ log(max(p_label, FLT_MIN)) / normalizer (VALID: labels ≠ ignore_label).
 EuclideanLoss:   loss = Σ (a − b)² / (2N).
-SigmoidCrossEntropyLoss: loss = −Σ [y log σ(x) + (1 − y) log(1 − σ(x))] / N.
-Accuracy: fraction of predictions whose label is among the top_k scores.
+SigmoidCrossEntropyLoss: loss = −Σ [y log σ(x) + (1 − y) log(1 − σ(x))] / normalizer (default BATCH_SIZE).
+Accuracy: fraction of predictions whose label is among the top_k scores (ties count against).
+Labels arrive as float arrays holding integers; they get no gradient.
 """
 from __future__ import annotations
 
+from netc.errors import NetcError
 from netc.layers.base import LayerType, Param, ShapeError, count, register
 
 _LOSS_PARAMS = (
     Param("ignore_label", "int", None, message="loss_param"),
-    Param("normalization", "enum", "VALID", choices=("FULL", "VALID", "BATCH_SIZE", "NONE"),
-          message="loss_param"),
-    Param("normalize", "bool", None, message="loss_param"),
+    # None: not given. Caffe then uses the legacy `normalize` if given (true: VALID, false:
+    # BATCH_SIZE), else the layer's default (VALID; BATCH_SIZE for SigmoidCrossEntropyLoss).
+    Param("normalization", "enum", None, choices=("FULL", "VALID", "BATCH_SIZE", "NONE"),
+          message="loss_param",
+          doc="FULL, VALID (default; BATCH_SIZE for SigmoidCrossEntropyLoss), BATCH_SIZE or NONE"),
+    Param("normalize", "bool", None, message="loss_param", doc="legacy: true is VALID, false BATCH_SIZE"),
 )
+
+FLT_MIN = 1.1754943508222875e-38   # Caffe clips probabilities at FLT_MIN whatever the Dtype
+
+
+def normalization_mode(p, default: str = "VALID") -> str:
+    """Caffe's choice: normalization if given, else the legacy normalize, else the default."""
+    if p.get("normalization") is not None:
+        return p["normalization"]
+    if p.get("normalize") is not None:
+        return "VALID" if p["normalize"] else "BATCH_SIZE"
+    return default
+
+
+def normalizer(xp, dtype, mode: str, outer: int, inner: int, valid_count):
+    """Caffe's LossLayer::GetNormalizer, at least 1. valid_count: an array (VALID) or None."""
+    if mode == "FULL":
+        value = float(outer * inner)
+    elif mode == "VALID":
+        if valid_count is not None:
+            return xp.maximum(valid_count.astype(dtype), dtype.type(1))
+        value = float(outer * inner)
+    elif mode == "BATCH_SIZE":
+        value = float(outer)
+    else:
+        value = 1.0
+    return dtype.type(max(1.0, value))
+
+
+def _softmax(xp, x, axis):
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _softmax_backward(y, dy, axis):
+    return (dy - (dy * y).sum(axis=axis, keepdims=True)) * y
+
+
+def _labels(xp, labels, outer: int, inner: int):
+    """Float labels holding integers → int64 [outer, inner] (C's truncation, as Caffe's cast)."""
+    return labels.reshape(outer, inner).astype(xp.int64)
 
 
 def _axis(axis: int, shape, param="axis") -> int:
@@ -45,6 +90,16 @@ class Softmax(LayerType):
         _axis(p["axis"], bottoms[0])
         return [bottoms[0]]
 
+    # y = e^(x − max) / Σ e^(x − max) along axis;  ∂x = (∂y − Σ ∂y·y)·y
+    def forward(self, p, bottoms, weights, ctx, state):
+        x = bottoms[0]
+        return [_softmax(ctx.xp, x, _axis(p["axis"], x.shape))]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if not need[0]:
+            return [None], []
+        return [_softmax_backward(tops[0], top_diffs[0], _axis(p["axis"], tops[0].shape))], []
+
 
 @register
 class SoftmaxWithLoss(LayerType):
@@ -59,6 +114,47 @@ class SoftmaxWithLoss(LayerType):
         axis = _axis(p["axis"], bottoms[0])
         _check_labels(bottoms[0], bottoms[1], axis, "SoftmaxWithLoss")
         return [()] + [bottoms[0]] * (ntops - 1)
+
+    # loss = −Σ_valid log(max(p_label, FLT_MIN)) / normalizer;
+    # ∂x = (p − onehot(label))·valid · ∂loss/normalizer. As Caffe, the gradient of the
+    # second top (the probabilities) is not propagated.
+    def forward(self, p, bottoms, weights, ctx, state):
+        xp = ctx.xp
+        x = bottoms[0]
+        axis = _axis(p["axis"], x.shape)
+        outer, classes, inner = count(x.shape[:axis]), x.shape[axis], count(x.shape[axis + 1:])
+        prob = _softmax(xp, x, axis)
+        prob3 = prob.reshape(outer, classes, inner)
+        labels = _labels(xp, bottoms[1], outer, inner)
+        valid = labels != p["ignore_label"] if p["ignore_label"] is not None else None
+        safe = labels if valid is None else xp.where(valid, labels, 0)
+        if bool(xp.any((safe < 0) | (safe >= classes))):
+            bad = float(safe[(safe < 0) | (safe >= classes)][0])
+            raise NetcError(f"a label is {bad:g}, outside the {classes} classes 0..{classes - 1}", None,
+                            "check the labels of the data, or ignore a label value with ignore_label")
+        picked = xp.take_along_axis(prob3, safe[:, None, :], axis=1)[:, 0, :]
+        logs = xp.log(xp.maximum(picked, x.dtype.type(FLT_MIN)))
+        if valid is not None:
+            logs = xp.where(valid, logs, x.dtype.type(0))
+        mode = normalization_mode(p)
+        norm = normalizer(xp, x.dtype, mode, outer, inner,
+                          valid.sum() if valid is not None and mode == "VALID" else None)
+        state.update(prob3=prob3, labels=safe, valid=valid, norm=norm)
+        loss = xp.asarray(-logs.sum() / norm, dtype=x.dtype)
+        return [loss, prob]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        xp = ctx.xp
+        if not need[0]:
+            return [None, None], []
+        prob3, labels, valid = state["prob3"], state["labels"], state["valid"]
+        classes = prob3.shape[1]
+        onehot = xp.arange(classes)[None, :, None] == labels[:, None, :]
+        dx = prob3 - onehot.astype(prob3.dtype)
+        if valid is not None:
+            dx = dx * valid[:, None, :].astype(prob3.dtype)
+        scale = (top_diffs[0] / state["norm"]).astype(prob3.dtype)
+        return [(dx * scale).reshape(bottoms[0].shape), None], []
 
 
 @register
@@ -75,6 +171,24 @@ class EuclideanLoss(LayerType):
                              bottom=1)
         return [()]
 
+    # loss = Σ(a − b)²/(2N), N = a.shape[0];  ∂a = (a − b)·∂loss/N, ∂b = −(a − b)·∂loss/N
+    def forward(self, p, bottoms, weights, ctx, state):
+        a, b = bottoms
+        diff = a - b.reshape(a.shape)
+        state["diff"] = diff
+        n = a.dtype.type(a.shape[0])
+        return [ctx.xp.asarray((diff * diff).sum() / n / a.dtype.type(2), dtype=a.dtype)]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        diff = state["diff"]
+        alpha = (top_diffs[0] / diff.dtype.type(bottoms[0].shape[0])).astype(diff.dtype)
+        out = [None, None]
+        if need[0]:
+            out[0] = diff * alpha
+        if need[1]:
+            out[1] = (diff * -alpha).reshape(bottoms[1].shape)
+        return out, []
+
 
 @register
 class SigmoidCrossEntropyLoss(LayerType):
@@ -90,6 +204,38 @@ class SigmoidCrossEntropyLoss(LayerType):
             raise ShapeError(f"SigmoidCrossEntropyLoss needs as many targets as scores, "
                              f"got {list(a)} and {list(b)}", bottom=1)
         return [()]
+
+    # Caffe's stable form: −Σ_valid [x(t − [x ≥ 0]) − log(1 + e^(x − 2x[x ≥ 0]))] / normalizer,
+    # normalizer by `normalization` (default BATCH_SIZE here, as Caffe); targets equal to
+    # ignore_label count for nothing. ∂x = (σ(x) − t)·valid · ∂loss/normalizer.
+    def forward(self, p, bottoms, weights, ctx, state):
+        xp = ctx.xp
+        x = bottoms[0]
+        t = bottoms[1].reshape(x.shape)
+        one = x.dtype.type(1)
+        pos = (x >= 0).astype(x.dtype)
+        terms = x * (t - pos) - xp.log(one + xp.exp(x - x.dtype.type(2) * x * pos))
+        valid = None
+        if p["ignore_label"] is not None:
+            valid = t.astype(xp.int64) != p["ignore_label"]
+            terms = xp.where(valid, terms, x.dtype.type(0))
+        mode = normalization_mode(p, "BATCH_SIZE")
+        outer = x.shape[0] if x.ndim else 1
+        norm = normalizer(xp, x.dtype, mode, outer, x.size // max(outer, 1),
+                          valid.sum() if valid is not None and mode == "VALID" else None)
+        state.update(valid=valid, norm=norm)
+        return [xp.asarray(-terms.sum() / norm, dtype=x.dtype)]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if not need[0]:
+            return [None, None], []
+        x = bottoms[0]
+        half = x.dtype.type(0.5)
+        sigmoid = ctx.xp.tanh(x * half) * half + half
+        dx = sigmoid - bottoms[1].reshape(x.shape)
+        if state["valid"] is not None:
+            dx = dx * state["valid"].astype(x.dtype)
+        return [dx * (top_diffs[0] / state["norm"]).astype(x.dtype), None], []
 
 
 @register
@@ -112,3 +258,36 @@ class Accuracy(LayerType):
             raise ShapeError(f"top_k ({p['top_k']}) is more than the {classes} classes", param="top_k")
         _check_labels(bottoms[0], bottoms[1], axis, "Accuracy")
         return [()] + [(classes,)] * (ntops - 1)
+
+    # Caffe counts a prediction right when fewer than top_k scores are ≥ the true class's
+    # score besides its own (ties count against it). Accuracy = right / counted labels
+    # (0 when none); the second top is the same per class (0 for a class with no labels).
+    # Not differentiable: backward sends nothing.
+    def forward(self, p, bottoms, weights, ctx, state):
+        xp = ctx.xp
+        x = bottoms[0]
+        axis = _axis(p["axis"], x.shape)
+        outer, classes, inner = count(x.shape[:axis]), x.shape[axis], count(x.shape[axis + 1:])
+        scores = x.reshape(outer, classes, inner)
+        labels = _labels(xp, bottoms[1], outer, inner)
+        valid = labels != p["ignore_label"] if p["ignore_label"] is not None else \
+            xp.ones(labels.shape, dtype=bool)
+        safe = xp.where(valid, labels, 0)
+        true_score = xp.take_along_axis(scores, safe[:, None, :], axis=1)      # [outer, 1, inner]
+        at_least = (scores >= true_score).sum(axis=1)                          # includes itself
+        right = valid & (at_least <= p["top_k"])
+        dtype = x.dtype
+        total = valid.sum()
+        accuracy = xp.where(total > 0, right.sum().astype(dtype) / xp.maximum(total, 1).astype(dtype),
+                            dtype.type(0))
+        tops = [xp.asarray(accuracy, dtype=dtype)]
+        onehot = (safe[..., None] == xp.arange(classes)) & valid[..., None]   # [outer, inner, C]
+        per_count = onehot.sum(axis=(0, 1))
+        per_right = (onehot & right[..., None]).sum(axis=(0, 1))
+        per_class = xp.where(per_count > 0, per_right.astype(dtype) / xp.maximum(per_count, 1).astype(dtype),
+                             dtype.type(0))
+        tops.append(per_class.astype(dtype))
+        return tops
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        return [None, None], []

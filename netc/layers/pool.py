@@ -4,10 +4,95 @@ CEIL (Caffe's default): out = ceil((in + 2·pad − k) / stride) + 1, then one l
 when pad > 0 and the last window would start in the padding, (out − 1)·stride ≥ in + pad.
 FLOOR: out = floor((in + 2·pad − k) / stride) + 1.
 global_pooling: the kernel is the whole input, pad 0, stride 1.
+
+Running, as Caffe (window of output (oh, ow): rows hstart = oh·sh − ph up to hstart + kh):
+  MAX  the window clipped to the image (padding acts as −∞); backward sends each
+       gradient to the window's arg-max, the FIRST maximum in Caffe's row-major scan on
+       ties. The optional second top is Caffe's mask: the arg-max's flat index h·W + w
+       in its input plane, as a float.
+  AVE  Σ window / ((hend − hstart)·(wend − wstart)) with hend = min(hstart + kh, H + ph)
+       taken BEFORE clipping to the image: padded zeros count, the ceil-mode overhang
+       beyond H + ph does not (PyTorch's ceil_mode=True, count_include_pad=True).
+  STOCHASTIC does not run (a NetcError says so).
+Windows are separable: the forward reduces along W, then along H (kh + kw array
+operations, no Python loop over pixels); MAX's arg-max scans the kh·kw offsets.
 """
 from __future__ import annotations
 
+from netc.errors import NetcError
 from netc.layers.base import LayerType, Param, ParamError, ShapeError, register, spatial_pair
+
+
+def _window(p: dict, h: int, w: int):
+    """(kernel, stride, pad, output size) per axis, global pooling resolved."""
+    if p["global_pooling"]:
+        return (h, w), (1, 1), (0, 0), (1, 1)
+    (kh, kw), (sh, sw), (ph, pw) = p["kernel"], p["stride_hw"], p["pad_hw"]
+    return ((kh, kw), (sh, sw), (ph, pw),
+            (pooled_size(h, kh, sh, ph, p["round_mode"]), pooled_size(w, kw, sw, pw, p["round_mode"])))
+
+
+def _padded(xp, x, fill, kernel, stride, pad, out):
+    """x in a buffer starting at −pad and long enough for every window (Hb × Wb),
+    filled with `fill` outside the image; x itself when no window leaves it."""
+    n, c, h, w = x.shape
+    hb, wb = ((o - 1) * s + k for o, s, k in zip(out, stride, kernel))
+    ph, pw = pad
+    if ph == 0 and pw == 0 and hb <= h and wb <= w:
+        return x
+    buf = xp.full((n, c, max(hb, ph + h), max(wb, pw + w)), fill, dtype=x.dtype)
+    hh, ww = min(h, hb - ph), min(w, wb - pw)
+    buf[:, :, ph:ph + hh, pw:pw + ww] = x[:, :, :hh, :ww]
+    return buf
+
+
+def _offsets(k: int, s: int, o: int):
+    """The strided slice of the buffer axis seen by kernel offset i, for i = 0 … k − 1."""
+    return [slice(i, i + s * (o - 1) + 1, s) for i in range(k)]
+
+
+def _reduce_windows(xp, buf, kernel, stride, out, op):
+    """op (maximum or add) over every window: along W, then along H. A new array."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
+    r = None
+    for sl in _offsets(kw, sw, ow):
+        part = buf[:, :, :, sl]
+        r = part.copy() if r is None else op(r, part, out=r)
+    y = None
+    for sl in _offsets(kh, sh, oh):
+        part = r[:, :, sl, :]
+        y = part.copy() if y is None else op(y, part, out=y)
+    return xp.ascontiguousarray(y)
+
+
+def _spread_windows(xp, g, kernel, stride, out, shape):
+    """The adjoint of _reduce_windows(add): each g value added to every buffer pixel of
+    its window. shape: the buffer's (N, C, Hb, Wb)."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
+    n, c, hb, wb = shape
+    r = xp.zeros((n, c, hb, ow), dtype=g.dtype)
+    for sl in _offsets(kh, sh, oh):
+        r[:, :, sl, :] += g
+    buf = xp.zeros(shape, dtype=g.dtype)
+    for sl in _offsets(kw, sw, ow):
+        buf[:, :, :, sl] += r
+    return buf
+
+
+def _crop(xp, buf, pad, h, w):
+    ph, pw = pad
+    if buf.shape[2:] == (h, w):
+        return buf
+    return xp.ascontiguousarray(buf[:, :, ph:ph + h, pw:pw + w])
+
+
+def _ave_divisor(xp, dtype, h, w, kernel, stride, pad, out):
+    """Caffe's pool_size per output pixel: (hend − hstart)·(wend − wstart), (OH, OW)."""
+    sizes = []
+    for size, k, s, pd, o in zip((h, w), kernel, stride, pad, out):
+        start = xp.arange(o) * s - pd
+        sizes.append((xp.minimum(start + k, size + pd) - start).astype(dtype))
+    return sizes[0][:, None] * sizes[1][None, :]
 
 
 def pooled_size(size: int, kernel: int, stride: int, pad: int, round_mode: str) -> int:
@@ -87,6 +172,89 @@ class Pooling(LayerType):
         out_h = pooled_size(h, kh, sh, ph, p["round_mode"])
         out_w = pooled_size(w, kw, sw, pw, p["round_mode"])
         return [(n, c, out_h, out_w)] * ntops
+
+    # --- running --------------------------------------------------------------------
+    def forward(self, p, bottoms, weights, ctx, state):
+        xp, x = ctx.xp, bottoms[0]
+        n, c, h, w = x.shape
+        kernel, stride, pad, out = _window(p, h, w)
+        if p["pool"] == "STOCHASTIC":
+            raise NetcError("STOCHASTIC pooling cannot run in netc yet",
+                            hint="use pool=MAX or pool=AVE")
+        if p["pool"] == "AVE":
+            if p["global_pooling"]:
+                return [x.mean(axis=(2, 3), keepdims=True)]
+            buf = _padded(xp, x, 0, kernel, stride, pad, out)
+            y = _reduce_windows(xp, buf, kernel, stride, out, xp.add)
+            y /= _ave_divisor(xp, x.dtype, h, w, kernel, stride, pad, out)
+            return [y]
+        if p["global_pooling"]:
+            y = x.max(axis=(2, 3), keepdims=True)
+        else:
+            buf = _padded(xp, x, -xp.inf, kernel, stride, pad, out)
+            y = _reduce_windows(xp, buf, kernel, stride, out, xp.maximum)
+        # Caffe's mask top is wanted only with two tops; the executor says how many it
+        # reads in state["ntops"] (without it, the mask is made anyway).
+        if state.get("ntops", 2) < 2:
+            return [y]
+        arg = self._argmax(xp, x, y, kernel, stride, pad, out)
+        state["argmax"] = arg
+        return [y, self._mask(xp, arg, x.dtype, w, kernel, stride, pad, out)]
+
+    @staticmethod
+    def _argmax(xp, x, y, kernel, stride, pad, out):
+        """Per output pixel, the window offset i·kw + j of the first maximum in Caffe's
+        scan (rows, then columns within a row): int32 (N, C, OH, OW)."""
+        n, c, h, w = x.shape
+        if kernel == (h, w) and out == (1, 1):      # global: argmax scans row-major too
+            return x.reshape(n, c, 1, h * w).argmax(axis=-1).reshape(n, c, 1, 1).astype(xp.int32)
+        buf = _padded(xp, x, -xp.inf, kernel, stride, pad, out)
+        (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
+        arg = xp.full(y.shape, -1, dtype=xp.int32)
+        rows, cols = _offsets(kh, sh, oh), _offsets(kw, sw, ow)
+        # scanned backwards, so that the last write, which wins, is the first maximum
+        for k in reversed(range(kh * kw)):
+            xp.copyto(arg, k, where=buf[:, :, rows[k // kw], cols[k % kw]] == y)
+        return arg
+
+    @staticmethod
+    def _mask(xp, arg, dtype, w, kernel, stride, pad, out):
+        """Caffe's mask: the arg-max's flat index h·W + w in the input plane, as float."""
+        kw = kernel[1]
+        hs = (xp.arange(out[0]) * stride[0] - pad[0]).reshape(-1, 1)
+        ws = (xp.arange(out[1]) * stride[1] - pad[1]).reshape(1, -1)
+        return ((hs + arg // kw) * w + ws + arg % kw).astype(dtype)
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if not need[0]:
+            return [None], []
+        xp, x, dy = ctx.xp, bottoms[0], top_diffs[0]
+        n, c, h, w = x.shape
+        kernel, stride, pad, out = _window(p, h, w)
+        (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
+        if p["pool"] == "AVE":
+            if p["global_pooling"]:
+                g = dy / dy.dtype.type(h * w)
+                return [xp.broadcast_to(g, x.shape).copy()], []
+            g = dy / _ave_divisor(xp, dy.dtype, h, w, kernel, stride, pad, out)
+            hb, wb = ((o - 1) * s + k for o, s, k in zip(out, stride, kernel))
+            shape = (n, c, max(hb, pad[0] + h), max(wb, pad[1] + w))
+            return [_crop(xp, _spread_windows(xp, g, kernel, stride, out, shape), pad, h, w)], []
+        # MAX (the mask top, if any, carries no gradient)
+        arg = state.get("argmax")
+        if arg is None:
+            arg = self._argmax(xp, x, tops[0], kernel, stride, pad, out)
+        g = top_diffs[0]
+        if p["global_pooling"]:
+            picks = xp.arange(h * w, dtype=xp.int32).reshape(1, 1, h, w) == arg
+            return [xp.where(picks, g, g.dtype.type(0))], []
+        hb, wb = ((o - 1) * s + k for o, s, k in zip(out, stride, kernel))
+        buf = xp.zeros((n, c, max(hb, pad[0] + h), max(wb, pad[1] + w)), dtype=g.dtype)
+        zero = g.dtype.type(0)
+        for i, rows in enumerate(_offsets(kh, sh, oh)):
+            for j, cols in enumerate(_offsets(kw, sw, ow)):
+                buf[:, :, rows, cols] += xp.where(arg == i * kw + j, g, zero)
+        return [_crop(xp, buf, pad, h, w)], []
 
     def rounding_matters(self, p, bottom) -> bool:
         """Whether floor rounding (PyTorch, TensorFlow) would give another shape."""

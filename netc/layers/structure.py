@@ -43,6 +43,23 @@ class Concat(LayerType):
             total += shape[axis]
         return [first[:axis] + (total,) + first[axis + 1:]]
 
+    def forward(self, p, bottoms, weights, ctx, state):
+        axis = _axis(p["axis"], bottoms[0].shape)
+        return [ctx.xp.concatenate(bottoms, axis=axis)]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        axis = _axis(p["axis"], bottoms[0].shape)
+        dy, out, start = top_diffs[0], [], 0
+        for b, wanted in zip(bottoms, need):
+            size = b.shape[axis]
+            if wanted:
+                index = (slice(None),) * axis + (slice(start, start + size),)
+                out.append(dy[index])
+            else:
+                out.append(None)
+            start += size
+        return out, []
+
 
 @register
 class Slice(LayerType):
@@ -77,6 +94,23 @@ class Slice(LayerType):
             sizes = [size // ntops] * ntops
         return [shape[:axis] + (s,) + shape[axis + 1:] for s in sizes]
 
+    def forward(self, p, bottoms, weights, ctx, state):
+        x = bottoms[0]
+        axis = _axis(p["axis"], x.shape)
+        points = p["slice_point"]
+        if not points:   # an even split into as many pieces as the layer has tops
+            n = state["ntops"]
+            step = x.shape[axis] // n
+            points = tuple(step * i for i in range(1, n))
+        edges = (0,) + tuple(points) + (x.shape[axis],)
+        return [x[(slice(None),) * axis + (slice(a, b),)] for a, b in zip(edges, edges[1:])]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if not need[0]:
+            return [None], []
+        axis = _axis(p["axis"], bottoms[0].shape)
+        return [ctx.xp.concatenate(top_diffs, axis=axis)], []
+
 
 @register
 class Split(LayerType):
@@ -86,6 +120,18 @@ class Split(LayerType):
 
     def infer(self, p, bottoms, ntops):
         return [bottoms[0]] * ntops
+
+    # every top is the bottom itself (no layer modifies its inputs); gradients add up
+    def forward(self, p, bottoms, weights, ctx, state):
+        return [bottoms[0]] * state["ntops"]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if not need[0]:
+            return [None], []
+        total = top_diffs[0]
+        for d in top_diffs[1:]:
+            total = total + d
+        return [total], []
 
 
 @register
@@ -102,6 +148,15 @@ class Flatten(LayerType):
         if end < start:
             raise ShapeError(f"end_axis ({p['end_axis']}) comes before axis ({p['axis']})", param="end_axis")
         return [shape[:start] + (count(shape[start:end + 1]),) + shape[end + 1:]]
+
+    def forward(self, p, bottoms, weights, ctx, state):
+        x = bottoms[0]
+        return [x.reshape(self.infer(p, [tuple(x.shape)], 1)[0])]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if not need[0]:
+            return [None], []
+        return [top_diffs[0].reshape(bottoms[0].shape)], []
 
 
 @register
@@ -150,6 +205,15 @@ class Reshape(LayerType):
                              f"({count(new)} values)", param="shape")
         return [tuple(new)]
 
+    def forward(self, p, bottoms, weights, ctx, state):
+        x = bottoms[0]
+        return [x.reshape(self.infer(p, [tuple(x.shape)], 1)[0])]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if not need[0]:
+            return [None], []
+        return [top_diffs[0].reshape(bottoms[0].shape)], []
+
 
 @register
 class Eltwise(LayerType):
@@ -176,6 +240,57 @@ class Eltwise(LayerType):
                                  f"{list(shape)} but input 1 is {list(bottoms[0])}", bottom=i)
         return [bottoms[0]]
 
+    # SUM: y = Σ cᵢxᵢ (cᵢ = 1 unless coeff), ∂xᵢ = cᵢ∂y.
+    # PROD: y = Πxᵢ; ∂xᵢ = ∂y·Π_{j≠i} xⱼ (stable_prod_grad, Caffe's default) or ∂y·y/xᵢ.
+    # MAX as Caffe's CPU code: bottom 1 wins a tie with bottom 0 (`a > b ? 0 : 1`), a later
+    # bottom must be strictly greater to win; the gradient goes to the winner only.
+    def forward(self, p, bottoms, weights, ctx, state):
+        xp, op = ctx.xp, p["operation"]
+        if op == "SUM":
+            coeff = p["coeff"] or (1.0,) * len(bottoms)
+            y = None
+            for x, c in zip(bottoms, coeff):
+                term = x if c == 1.0 else x * x.dtype.type(c)
+                y = term if y is None else y + term
+            return [y]
+        if op == "PROD":
+            y = bottoms[0]
+            for x in bottoms[1:]:
+                y = y * x
+            return [y]
+        a, b = bottoms[0], bottoms[1]
+        first = a > b
+        y = xp.where(first, a, b)
+        winner = xp.where(first, 0, 1).astype(xp.int32)
+        for i, x in enumerate(bottoms[2:], start=2):
+            better = x > y
+            y = xp.where(better, x, y)
+            winner = xp.where(better, xp.int32(i), winner)
+        state["winner"] = winner
+        return [y]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        xp, op, dy = ctx.xp, p["operation"], top_diffs[0]
+        out = []
+        for i, x in enumerate(bottoms):
+            if not need[i]:
+                out.append(None)
+            elif op == "SUM":
+                c = p["coeff"][i] if p["coeff"] else 1.0
+                out.append(dy if c == 1.0 else dy * dy.dtype.type(c))
+            elif op == "PROD":
+                if p["stable_prod_grad"]:
+                    others = None
+                    for j, z in enumerate(bottoms):
+                        if j != i:
+                            others = z if others is None else others * z
+                    out.append(dy * others)
+                else:
+                    out.append(dy * (tops[0] / x))
+            else:
+                out.append(xp.where(state["winner"] == i, dy, dy.dtype.type(0)))
+        return out, []
+
 
 @register
 class Silence(LayerType):
@@ -189,3 +304,10 @@ class Silence(LayerType):
 
     def infer(self, p, bottoms, ntops):
         return []
+
+    def forward(self, p, bottoms, weights, ctx, state):
+        return []
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        # Caffe's Silence sends zero gradients
+        return [ctx.xp.zeros_like(b) if n else None for b, n in zip(bottoms, need)], []

@@ -18,6 +18,13 @@ from netc.runtime.backend import NUMPY, Backend, RunContext
 from netc.runtime.weights import Weights
 
 
+def _located(err: NetcError, layer) -> NetcError:
+    """A layer cannot see its source span; a run-time error it raises is placed here."""
+    if err.span is not None:
+        return err
+    return NetcError(f"{layer.type} '{layer.name}': {err.message}", layer.span, err.hint, layer.trace)
+
+
 def loss_weights(net: Net) -> dict[tuple[str, int], float]:
     """(layer, top index) → its weight in the total loss, for the non-zero ones."""
     out = {}
@@ -71,8 +78,11 @@ class Executor:
                 state: dict = {}
             else:
                 bottoms = [self.blobs[b] for b in layer.bottoms]
-                state = {}
-                tops = spec.forward(dict(layer.params), bottoms, self.weights.get(layer.name, []), ctx, state)
+                state = {"ntops": len(layer.tops)}
+                try:
+                    tops = spec.forward(dict(layer.params), bottoms, self.weights.get(layer.name, []), ctx, state)
+                except NetcError as err:
+                    raise _located(err, layer) from None
                 self.records[layer.name] = _Record(bottoms, tops, state)
             for i, (name, value) in enumerate(zip(layer.tops, tops)):
                 self.blobs[name] = value

@@ -167,3 +167,14 @@ def test_top_k_applies_softmax_to_scores_only():
     scores = np.array([1.0, 3.0, -2.0])
     e = np.exp(scores - 3.0)
     assert infer.top_k(scores, 1)[0] == (1, pytest.approx(e[1] / e.sum()))
+
+
+def test_run_time_errors_are_located_at_the_layer(tmp_path):
+    path = write(tmp_path, "loss.net", "input data [2, 3]\ninput label [2]\nloss: SoftmaxWithLoss(data, label)\n")
+    from netc.runtime.executor import Executor
+    net = compile_net(path)
+    ex = Executor(net, {})
+    with pytest.raises(NetcError) as err:
+        ex.forward({"data": np.zeros((2, 3)), "label": np.array([0, 7])})
+    assert err.value.message == "SoftmaxWithLoss 'loss': a label is 7, outside the 3 classes 0..2"
+    assert (err.value.span.line, err.value.span.column) == (3, 1)

@@ -1,0 +1,135 @@
+"""im2col / col2im for 2-d convolution and deconvolution (NCHW), written against xp.
+
+A convolution's geometry: input C×H×W, kernel kh×kw, stride, pad, dilation and the
+output OH×OW. The column matrix holds, for every output pixel, the input values its
+kernel window sees (zero where the window lies in the padding):
+
+    col[.., c, i, j, .., oh, ow] = x[.., c, oh·sh − ph + i·dh, ow·sw − pw + j·dw]
+
+in one of two layouts:
+
+    "N" (batch first):    (N, C, kh, kw, OH, OW)  — one GEMM per image writes NCHW directly
+    "C" (channels first): (C, kh, kw, N, OH, OW)  — one GEMM for the whole batch
+
+im2col is one strided copy (as_strided over a zero-padded copy of the input, no Python
+loop); col2im, its adjoint (overlapping windows add up), loops over the kh·kw kernel
+offsets only.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy
+
+# NumPy: the column matrix is written into one reused buffer per thread (Caffe keeps a
+# col_buffer too): a fresh one costs the kernel's page zeroing, as much as the copy
+# itself. Callers use the columns at once and never keep them. Above this size a
+# fresh array is made (and given back) instead. CuPy pools its memory itself.
+_WORKSPACE_MAX_BYTES = 512 << 20
+_local = threading.local()
+
+
+def _workspace(xp, shape, dtype):
+    dtype = numpy.dtype(dtype)
+    nbytes = dtype.itemsize * int(numpy.prod(shape, dtype=numpy.int64))
+    if xp is not numpy or nbytes > _WORKSPACE_MAX_BYTES:
+        return xp.empty(shape, dtype=dtype)
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _local.buf = numpy.empty(nbytes, dtype=numpy.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    c: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    oh: int
+    ow: int
+
+    @property
+    def one_by_one(self) -> bool:
+        """A 1×1 kernel, stride 1, no padding: the column matrix is the input itself."""
+        return (self.kh == self.kw == 1 and self.sh == self.sw == 1 and self.ph == self.pw == 0
+                and self.oh == self.h and self.ow == self.w)
+
+    @property
+    def rows(self) -> int:
+        return self.c * self.kh * self.kw
+
+    def span_h(self) -> int:
+        """Rows of the padded input the windows reach (from −ph)."""
+        return (self.oh - 1) * self.sh + (self.kh - 1) * self.dh + 1
+
+    def span_w(self) -> int:
+        return (self.ow - 1) * self.sw + (self.kw - 1) * self.dw + 1
+
+
+def conv_geometry(p: dict, c: int, h: int, w: int, oh: int, ow: int) -> Geometry:
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = p["kernel"], p["stride_hw"], p["pad_hw"], p["dilation_hw"]
+    return Geometry(c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+
+
+def as_strided(xp, a, shape, strides):
+    """numpy.lib.stride_tricks.as_strided, or CuPy's (the same signature)."""
+    return xp.lib.stride_tricks.as_strided(a, shape=tuple(shape), strides=tuple(strides))
+
+
+def padded(xp, x, g: Geometry):
+    """x with g.ph/g.pw zero rows/columns before it and enough after it for every window;
+    x itself (no copy) when the windows stay inside it."""
+    n, c, h, w = x.shape
+    hb, wb = g.span_h(), g.span_w()
+    if g.ph == 0 and g.pw == 0 and hb <= h and wb <= w:
+        return x
+    hb, wb = max(hb, g.ph + h), max(wb, g.pw + w)
+    buf = xp.zeros((n, c, hb, wb), dtype=x.dtype)
+    buf[:, :, g.ph:g.ph + h, g.pw:g.pw + w] = x
+    return buf
+
+
+def im2col(xp, x, g: Geometry, layout: str = "N"):
+    """The column matrix of x (N, C, H, W), contiguous, in layout "N" or "C" (see above).
+    With NumPy it lives in a shared workspace: valid until the next im2col call only."""
+    xb = padded(xp, x, g)
+    n = x.shape[0]
+    s_n, s_c, s_h, s_w = xb.strides
+    if layout == "N":
+        shape = (n, g.c, g.kh, g.kw, g.oh, g.ow)
+        strides = (s_n, s_c, g.dh * s_h, g.dw * s_w, g.sh * s_h, g.sw * s_w)
+    else:
+        shape = (g.c, g.kh, g.kw, n, g.oh, g.ow)
+        strides = (s_c, g.dh * s_h, g.dw * s_w, s_n, g.sh * s_h, g.sw * s_w)
+    col = _workspace(xp, shape, x.dtype)
+    col[...] = as_strided(xp, xb, shape, strides)
+    return col
+
+
+def col2im(xp, col, g: Geometry, n: int, layout: str = "N"):
+    """The adjoint of im2col: each column entry added back to the input pixel it came
+    from (padding dropped). Returns (N, C, H, W) in col's dtype."""
+    if layout == "N":
+        col = col.reshape(n, g.c, g.kh, g.kw, g.oh, g.ow)
+    else:
+        col = col.reshape(g.c, g.kh, g.kw, n, g.oh, g.ow)
+    hb, wb = max(g.span_h(), g.ph + g.h), max(g.span_w(), g.pw + g.w)
+    buf = xp.zeros((n, g.c, hb, wb), dtype=col.dtype)
+    eh, ew = (g.oh - 1) * g.sh + 1, (g.ow - 1) * g.sw + 1
+    for i in range(g.kh):
+        for j in range(g.kw):
+            r0, c0 = i * g.dh, j * g.dw
+            part = col[:, :, i, j] if layout == "N" else col[:, i, j].transpose(1, 0, 2, 3)
+            buf[:, :, r0:r0 + eh:g.sh, c0:c0 + ew:g.sw] += part
+    if buf.shape[2:] == (g.h, g.w):
+        return buf
+    return xp.ascontiguousarray(buf[:, :, g.ph:g.ph + g.h, g.pw:g.pw + g.w])
