@@ -167,3 +167,14 @@ def test_solver_multistep_and_string_policy():
 def test_bad_regularization():
     with pytest.raises(NetcError, match="regularization is L1 or L2"):
         ir(DATA + "solver SGD(regularization=L3)\n")
+
+
+def test_naming_an_in_place_layer_means_the_blob_it_wrote(tmp_path):
+    from netc.compile import compile_net
+    path = tmp_path / "alias.net"
+    path.write_text("input data [1, 2, 4, 4]\nconv1: Convolution(3, kernel=3, weight=xavier)\n"
+                    "relu1: ReLU!\nother: Convolution(data, 3, kernel=3, weight=xavier)\n"
+                    "pool: Pooling(relu1, MAX, kernel=2)\n")
+    net = compile_net(str(path))
+    assert net.layer("relu1").tops == ("conv1",)
+    assert net.layer("pool").bottoms == ("conv1",)

@@ -277,6 +277,9 @@ class _Expander:
                              span=link.span, trace=scope.trace,
                              module=tuple(p for p in scope.prefix.split("/") if p)),
                        scope, link.span)
+        if link.label is not None and layer_in_place(tops, bottoms) and name not in self.blobs:
+            # `relu1: ReLU!` writes conv1; naming relu1 afterwards means that blob
+            self.aliases[name] = tops[0]
         scope.current = tops[0] if tops else scope.current
 
     def bottoms(self, link: ast.Link, spec: LayerType, refs, scope: _Scope) -> tuple[str, ...]:
@@ -497,6 +500,10 @@ class _Expander:
                 except ParamError as err:
                     raise self.error(err.message, arg.span, scope, err.hint) from None
                 spans[key] = arg.span
+
+
+def layer_in_place(tops, bottoms) -> bool:
+    return bool(set(tops) & set(bottoms))
 
 
 def _at(items, i, default):

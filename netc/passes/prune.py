@@ -44,3 +44,21 @@ def output_blobs(net: Net) -> list[str]:
             if not any(top in l.bottoms or top in l.tops for l in later) and top not in out:
                 out.append(top)
     return out
+
+
+def prune_to_outputs(net: Net, wanted: list[str]) -> Net:
+    """Keep only the layers the wanted blobs depend on (GoogLeNet's auxiliary heads
+    are not computed when only its main classifier is asked for). An in-place layer
+    keeps its input's name, so every earlier writer of a needed name is kept too."""
+    needed = set(wanted)
+    kept = []
+    for layer in reversed(net.layers):
+        if any(top in needed for top in layer.tops):
+            kept.append(layer)
+            needed.update(layer.bottoms)
+    kept.reverse()
+    names = {l.name for l in kept}
+    produced = {t for l in kept for t in l.tops}
+    return replace(net, layers=tuple(kept),
+                   blob_shapes=frozen({b: s for b, s in net.blob_shapes.items() if b in produced}),
+                   layer_info=frozen({n: i for n, i in net.layer_info.items() if n in names}))

@@ -7,6 +7,7 @@ weight and sums the gradients of a blob read by several layers (Caffe's Split).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,24 @@ def _located(err: NetcError, layer) -> NetcError:
     if err.span is not None:
         return err
     return NetcError(f"{layer.type} '{layer.name}': {err.message}", layer.span, err.hint, layer.trace)
+
+
+def _sum_shared(grads: dict[str, list], weights: dict[str, list]) -> dict[str, list]:
+    """A blob shared by name gets the sum of its users' gradients, given to each of them."""
+    users: dict[int, list[tuple[str, int]]] = {}
+    for name, diffs in grads.items():
+        for i, d in enumerate(diffs):
+            if d is not None:
+                users.setdefault(id(weights[name][i]), []).append((name, i))
+    for places in users.values():
+        if len(places) > 1:
+            first, rest = places[0], places[1:]
+            total = grads[first[0]][first[1]]
+            for n, i in rest:
+                total = total + grads[n][i]
+            for n, i in places:
+                grads[n][i] = total
+    return grads
 
 
 def loss_weights(net: Net) -> dict[tuple[str, int], float]:
@@ -62,6 +81,8 @@ class Executor:
         self.diffs: dict = {}
         # also compute gradients of blobs nothing learnable depends on (the inputs): for gradient checks
         self.force_backward = False
+        # layer name → seconds spent in its forward and backward, when profiling (bench/)
+        self.profile: dict[str, float] | None = None
 
     def feeds_needed(self) -> list[str]:
         """The blobs a forward pass must be given: Input tops and data-source tops."""
@@ -79,10 +100,13 @@ class Executor:
             else:
                 bottoms = [self.blobs[b] for b in layer.bottoms]
                 state = {"ntops": len(layer.tops)}
+                started = time.perf_counter() if self.profile is not None else 0.0
                 try:
                     tops = spec.forward(dict(layer.params), bottoms, self.weights.get(layer.name, []), ctx, state)
                 except NetcError as err:
                     raise _located(err, layer) from None
+                if self.profile is not None:
+                    self.profile[layer.name] = self.profile.get(layer.name, 0.0) + time.perf_counter() - started
                 self.records[layer.name] = _Record(bottoms, tops, state)
             for i, (name, value) in enumerate(zip(layer.tops, tops)):
                 self.blobs[name] = value
@@ -125,15 +149,18 @@ class Executor:
             top_diffs = [d if d is not None else xp.zeros_like(v) for d, v in zip(top_diffs, record.tops)]
             spec = REGISTRY[layer.type]
             need = [self._blob_needs_gradient(b) for b in layer.bottoms]
+            started = time.perf_counter() if self.profile is not None else 0.0
             bottom_diffs, weight_diffs = spec.backward(dict(layer.params), record.bottoms, record.tops, top_diffs,
                                                        self.weights.get(layer.name, []), self.ctx, record.state, need)
+            if self.profile is not None:
+                self.profile[layer.name] = self.profile.get(layer.name, 0.0) + time.perf_counter() - started
             for name, diff in zip(layer.bottoms, bottom_diffs):
                 if diff is not None:
                     diffs[name] = diffs[name] + diff if name in diffs else diff
             if self.weights.get(layer.name):
                 grads[layer.name] = list(weight_diffs)
         self.diffs = diffs
-        return grads
+        return _sum_shared(grads, self.weights)
 
     def _needs_gradient(self) -> dict[str, bool]:
         """A layer runs backward when it has weights or something before it does

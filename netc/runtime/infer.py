@@ -15,7 +15,7 @@ import numpy as np
 from netc.compile import build_ir, compile_net
 from netc.errors import NetcError, did_you_mean
 from netc.ir import Net
-from netc.passes.prune import output_blobs, prune_to_available
+from netc.passes.prune import output_blobs, prune_to_available, prune_to_outputs
 from netc.runtime.executor import Executor
 from netc.runtime.weights import init_weights
 
@@ -85,6 +85,7 @@ def run_inference(path: str, inputs: dict[str, np.ndarray], weights=None, blobs:
             raise NetcError(f"no blob '{name}' to output", None,
                             did_you_mean(name, net.blob_shapes) or
                             f"blobs computed here: {', '.join(list(net.blob_shapes)[:12])}")
+    net = prune_to_outputs(net, wanted)
     weights = resolve_weights(weights, net, seed, dtype, allow_missing)
     executor = Executor(net, weights, dtype=dtype, seed=seed)
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in wanted}

@@ -178,3 +178,14 @@ def test_run_time_errors_are_located_at_the_layer(tmp_path):
         ex.forward({"data": np.zeros((2, 3)), "label": np.array([0, 7])})
     assert err.value.message == "SoftmaxWithLoss 'loss': a label is 7, outside the 3 classes 0..2"
     assert (err.value.span.line, err.value.span.column) == (3, 1)
+
+
+def test_only_what_the_requested_blobs_need_is_computed(tmp_path):
+    from netc.passes.prune import prune_to_outputs
+    path = write(tmp_path, "heads.net",
+                 "input data [2, 3]\ntrunk: ReLU() ReLU!\nhead1: ReLU(trunk)\nhead2: ReLU(trunk)\n")
+    net = compile_net(path)
+    assert [l.name for l in prune_to_outputs(net, ["head2"]).layers] == ["data", "trunk", "trunk/relu", "head2"]
+    assert [l.name for l in prune_to_outputs(net, ["trunk"]).layers] == ["data", "trunk", "trunk/relu"]
+    out = infer.run_inference(path, {"data": -np.ones((2, 3))}, blobs=["head1"])
+    assert list(out) == ["head1"]
