@@ -75,7 +75,8 @@ def check(file, inputs, phase, as_json):
 @click.option("--allow-missing", is_flag=True, help="layers the weights file lacks keep their fillers' values")
 @click.option("--labels", type=click.Path(dir_okay=False), help="class names, one per line (for images)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the fillers' generator")
-def run(file, infer, weights_path, inputs, output, blobs, batch, device, allow_missing, labels, seed):
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+def run(file, infer, weights_path, inputs, output, blobs, batch, device, allow_missing, labels, seed, dtype):
     """Run FILE (.net or .prototxt): inference with --infer."""
     import numpy as np
 
@@ -99,7 +100,7 @@ def run(file, infer, weights_path, inputs, output, blobs, batch, device, allow_m
         click.echo(f"netc: no --weights: the weights are the fillers' values (seed {seed})", err=True)
     wanted = [b.strip() for b in blobs.split(",") if b.strip()] if blobs else None
     results = inference.run_inference(file, arrays, weights_path, wanted, batch, seed,
-                                      allow_missing=allow_missing)
+                                      dtype=np.dtype(dtype).type, allow_missing=allow_missing)
     if output:
         import io
 

@@ -26,3 +26,8 @@ def test_every_language_example_parses():
     assert len(examples) >= 10   # the regex still finds the reference's examples
     for example in examples:
         parse_text(example, "README.md")   # raises NetcError with the location on a syntax error
+
+
+def test_readme_quotes_the_npz_layout_the_code_writes():
+    from netc.runtime.weight_files import NPZ_LAYOUT
+    assert NPZ_LAYOUT in README
