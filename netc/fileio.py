@@ -3,6 +3,21 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import BinaryIO
+
+from netc.errors import NetcError
+
+
+def open_input(path: str, what: str) -> BinaryIO:
+    """Open a user's file for reading; any failure is one NetcError naming it."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise NetcError(f"{what} '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise NetcError(f"{what} '{path}' is a directory, not a file") from None
+    except OSError as e:
+        raise NetcError(f"cannot read {what} '{path}': {e.strerror or e}") from None
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from google.protobuf import descriptor_pool, message, text_format
 
 from netc.caffe import caffe_pb2
+from netc.fileio import open_input
 from netc.errors import NetcError, Span, did_you_mean
 
 __all__ = [
@@ -567,14 +568,8 @@ def _translate_parse_error(err: text_format.ParseError, path: str, text: str,
 
 
 def _read_bytes(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise NetcError(f"{what} '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise NetcError(f"{what} '{path}' is a directory, not a file") from None
-    except OSError as e:
-        raise NetcError(f"cannot read {what} '{path}': {e.strerror or e}") from None
+    with open_input(path, what) as f:
+        return f.read()
 
 
 def _read_text(path: str, what: str) -> str:

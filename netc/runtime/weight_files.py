@@ -20,7 +20,7 @@ import numpy as np
 
 from netc.caffe.caffemodel import caffemodel_bytes, read_caffemodel_entries
 from netc.errors import NetcError
-from netc.fileio import write_bytes_atomic
+from netc.fileio import open_input, write_bytes_atomic
 from netc.ir import Net, Shape
 from netc.runtime.weights import Weights
 
@@ -271,15 +271,7 @@ def _bad_npz(path: str, why: str) -> NetcError:
 
 
 def _read_npz(path: str) -> dict[str, list[tuple[np.ndarray, bool]]]:
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise NetcError(f"weights file '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise NetcError(f"weights file '{path}' is a directory, not a file") from None
-    except OSError as e:
-        raise NetcError(f"cannot read weights file '{path}': {e.strerror or e}") from None
-    with f:
+    with open_input(path, "weights file") as f:
         # np.load takes anything that is neither a zip nor a .npy for a pickle;
         # decide from the magic bytes first, so a corrupt file is called corrupt.
         magic = f.read(4)
