@@ -26,8 +26,8 @@ from pathlib import Path
 from google.protobuf import descriptor_pool, message, text_format
 
 from netc.caffe import caffe_pb2
-from netc.fileio import open_input
 from netc.errors import NetcError, Span, did_you_mean
+from netc.fileio import open_input
 
 __all__ = [
     "PrototxtSource",
