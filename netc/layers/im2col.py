@@ -10,6 +10,10 @@ in one of two layouts:
 
     "N" (batch first):    (N, C, kh, kw, OH, OW)  — one GEMM per image writes NCHW directly
     "C" (channels first): (C, kh, kw, N, OH, OW)  — one GEMM for the whole batch
+    "T" (batch last):     (C, kh, kw, OH, OW, N)  — one GEMM for the whole batch, for
+                          small maps: read from a (C, H, W, N) copy of the input, every
+                          window row is OW·N contiguous values instead of OW, which is
+                          what NumPy's copy loops need to run fast (and col2im's adds)
 
 im2col is one strided copy (as_strided over a zero-padded copy of the input, no Python
 loop); col2im, its adjoint (overlapping windows add up), loops over the kh·kw kernel
@@ -22,23 +26,35 @@ from dataclasses import dataclass
 
 import numpy
 
+from netc.runtime.threads import split
+
 # NumPy: the column matrix is written into one reused buffer per thread (Caffe keeps a
 # col_buffer too): a fresh one costs the kernel's page zeroing, as much as the copy
 # itself. Callers use the columns at once and never keep them. Above this size a
 # fresh array is made (and given back) instead. CuPy pools its memory itself.
+# Other scratch arrays of a convolution (the batch-last input copy, GEMM results about
+# to be rearranged) have slots of their own, so that they can be alive at once.
 _WORKSPACE_MAX_BYTES = 512 << 20
 _local = threading.local()
 
 
-def _workspace(xp, shape, dtype):
+def workspace(xp, shape, dtype, slot: str = "col"):
+    """An uninitialised scratch array, valid until the next call for the same slot
+    on this thread: never return it, or keep it past the layer call that asked."""
     dtype = numpy.dtype(dtype)
     nbytes = dtype.itemsize * int(numpy.prod(shape, dtype=numpy.int64))
     if xp is not numpy or nbytes > _WORKSPACE_MAX_BYTES:
         return xp.empty(shape, dtype=dtype)
-    buf = getattr(_local, "buf", None)
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = {}
+    buf = buffers.get(slot)
     if buf is None or buf.nbytes < nbytes:
-        buf = _local.buf = numpy.empty(nbytes, dtype=numpy.uint8)
+        buf = buffers[slot] = numpy.empty(nbytes, dtype=numpy.uint8)
     return buf[:nbytes].view(dtype).reshape(shape)
+
+
+_workspace = workspace
 
 
 @dataclass(frozen=True)
@@ -98,38 +114,97 @@ def padded(xp, x, g: Geometry):
     return buf
 
 
+def batch_last(xp, x, g: Geometry, slot: str = "xt"):
+    """x (N, C, H, W) as (C, Hb, Wb, N), zero-padded as `padded` does: a workspace."""
+    n, c, h, w = x.shape
+    hb, wb = max(g.span_h(), g.ph + h), max(g.span_w(), g.pw + w)
+    xt = workspace(xp, (c, hb, wb, n), x.dtype, slot)
+    # zero only the padding: the rest is overwritten (the workspace holds old data)
+    if g.ph:
+        xt[:, :g.ph] = 0
+    if hb > g.ph + h:
+        xt[:, g.ph + h:] = 0
+    if g.pw:
+        xt[:, :, :g.pw] = 0
+    if wb > g.pw + w:
+        xt[:, :, g.pw + w:] = 0
+
+    def run(a, b):
+        xt[a:b, g.ph:g.ph + h, g.pw:g.pw + w] = x[:, a:b].transpose(1, 2, 3, 0)
+
+    split(xp, c, x.size, run)
+    return xt
+
+
 def im2col(xp, x, g: Geometry, layout: str = "N"):
-    """The column matrix of x (N, C, H, W), contiguous, in layout "N" or "C" (see above).
-    With NumPy it lives in a shared workspace: valid until the next im2col call only."""
-    xb = padded(xp, x, g)
+    """The column matrix of x (N, C, H, W), contiguous, in layout "N", "C" or "T" (see
+    above). With NumPy it lives in a shared workspace: valid until the next im2col call
+    only. The copy is split over channels across threads (NumPy)."""
     n = x.shape[0]
-    s_n, s_c, s_h, s_w = xb.strides
-    if layout == "N":
-        shape = (n, g.c, g.kh, g.kw, g.oh, g.ow)
-        strides = (s_n, s_c, g.dh * s_h, g.dw * s_w, g.sh * s_h, g.sw * s_w)
+    if layout == "T":
+        xb = batch_last(xp, x, g)
+        s_c, s_h, s_w, s_n = xb.strides
+        shape = (g.c, g.kh, g.kw, g.oh, g.ow, n)
+        strides = (s_c, g.dh * s_h, g.dw * s_w, g.sh * s_h, g.sw * s_w, s_n)
+        c_axis = 0
     else:
-        shape = (g.c, g.kh, g.kw, n, g.oh, g.ow)
-        strides = (s_c, g.dh * s_h, g.dw * s_w, s_n, g.sh * s_h, g.sw * s_w)
-    col = _workspace(xp, shape, x.dtype)
-    col[...] = as_strided(xp, xb, shape, strides)
+        xb = padded(xp, x, g)
+        s_n, s_c, s_h, s_w = xb.strides
+        if layout == "N":
+            shape = (n, g.c, g.kh, g.kw, g.oh, g.ow)
+            strides = (s_n, s_c, g.dh * s_h, g.dw * s_w, g.sh * s_h, g.sw * s_w)
+            c_axis = 1
+        else:
+            shape = (g.c, g.kh, g.kw, n, g.oh, g.ow)
+            strides = (s_c, g.dh * s_h, g.dw * s_w, s_n, g.sh * s_h, g.sw * s_w)
+            c_axis = 0
+    col = workspace(xp, shape, x.dtype)
+    windows = as_strided(xp, xb, shape, strides)
+
+    def run(a, b):
+        part = (slice(None),) * c_axis + (slice(a, b),)
+        col[part] = windows[part]
+
+    split(xp, g.c, col.size, run)
     return col
 
 
 def col2im(xp, col, g: Geometry, n: int, layout: str = "N"):
     """The adjoint of im2col: each column entry added back to the input pixel it came
-    from (padding dropped). Returns (N, C, H, W) in col's dtype."""
+    from (padding dropped). Returns a new (N, C, H, W) array in col's dtype. The adds
+    run in the same order for every pixel whatever the threading (split over channels)."""
+    hb, wb = max(g.span_h(), g.ph + g.h), max(g.span_w(), g.pw + g.w)
+    eh, ew = (g.oh - 1) * g.sh + 1, (g.ow - 1) * g.sw + 1
+    if layout == "T":
+        col = col.reshape(g.c, g.kh, g.kw, g.oh, g.ow, n)
+        buf = workspace(xp, (g.c, hb, wb, n), col.dtype, "col2im")
+        out = xp.empty((n, g.c, g.h, g.w), dtype=col.dtype)
+
+        def run_t(a, b):
+            acc = buf[a:b]
+            acc[...] = 0
+            for i in range(g.kh):
+                for j in range(g.kw):
+                    r0, c0 = i * g.dh, j * g.dw
+                    acc[:, r0:r0 + eh:g.sh, c0:c0 + ew:g.sw] += col[a:b, i, j]
+            out[:, a:b] = acc[:, g.ph:g.ph + g.h, g.pw:g.pw + g.w].transpose(3, 0, 1, 2)
+
+        split(xp, g.c, col.size, run_t)
+        return out
     if layout == "N":
         col = col.reshape(n, g.c, g.kh, g.kw, g.oh, g.ow)
     else:
         col = col.reshape(g.c, g.kh, g.kw, n, g.oh, g.ow)
-    hb, wb = max(g.span_h(), g.ph + g.h), max(g.span_w(), g.pw + g.w)
     buf = xp.zeros((n, g.c, hb, wb), dtype=col.dtype)
-    eh, ew = (g.oh - 1) * g.sh + 1, (g.ow - 1) * g.sw + 1
-    for i in range(g.kh):
-        for j in range(g.kw):
-            r0, c0 = i * g.dh, j * g.dw
-            part = col[:, :, i, j] if layout == "N" else col[:, i, j].transpose(1, 0, 2, 3)
-            buf[:, :, r0:r0 + eh:g.sh, c0:c0 + ew:g.sw] += part
+
+    def run(a, b):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                r0, c0 = i * g.dh, j * g.dw
+                part = col[:, a:b, i, j] if layout == "N" else col[a:b, i, j].transpose(1, 0, 2, 3)
+                buf[:, a:b, r0:r0 + eh:g.sh, c0:c0 + ew:g.sw] += part
+
+    split(xp, g.c, col.size, run)
     if buf.shape[2:] == (g.h, g.w):
         return buf
     return xp.ascontiguousarray(buf[:, :, g.ph:g.ph + g.h, g.pw:g.pw + g.w])

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from netc.errors import NetcError
 from netc.layers.base import LayerType, Param, ParamError, ShapeError, register, spatial_pair
+from netc.layers.im2col import workspace
+from netc.runtime.threads import split
 
 
 def _window(p: dict, h: int, w: int):
@@ -51,18 +53,35 @@ def _offsets(k: int, s: int, o: int):
     return [slice(i, i + s * (o - 1) + 1, s) for i in range(k)]
 
 
+def _reduce_axis(xp, a, axis: int, k: int, s: int, o: int, op, out=None):
+    """op over the k strided slices of `axis` (see _offsets), left to right: a new
+    array, or `out`."""
+    parts = [a[(slice(None),) * axis + (sl,)] for sl in _offsets(k, s, o)]
+    if k == 1:
+        if out is None:
+            return parts[0].copy()
+        out[...] = parts[0]
+        return out
+    r = op(parts[0], parts[1], out=out)
+    for part in parts[2:]:
+        op(r, part, out=r)
+    return r
+
+
 def _reduce_windows(xp, buf, kernel, stride, out, op):
-    """op (maximum or add) over every window: along W, then along H. A new array."""
+    """op (maximum or add) over every window: along W, then along H. A new contiguous
+    (N, C, OH, OW) array. The batch is split across threads (NumPy); each image's sums
+    are taken in the same order either way."""
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
-    r = None
-    for sl in _offsets(kw, sw, ow):
-        part = buf[:, :, :, sl]
-        r = part.copy() if r is None else op(r, part, out=r)
-    y = None
-    for sl in _offsets(kh, sh, oh):
-        part = r[:, :, sl, :]
-        y = part.copy() if y is None else op(y, part, out=y)
-    return xp.ascontiguousarray(y)
+    n, c = buf.shape[:2]
+    y = xp.empty((n, c, oh, ow), dtype=buf.dtype)
+
+    def run(a, b):
+        r = _reduce_axis(xp, buf[a:b], 3, kw, sw, ow, op)
+        _reduce_axis(xp, r, 2, kh, sh, oh, op, out=y[a:b])
+
+    split(xp, n, buf.size, run)
+    return y
 
 
 def _spread_windows(xp, g, kernel, stride, out, shape):
@@ -77,6 +96,64 @@ def _spread_windows(xp, g, kernel, stride, out, shape):
     for sl in _offsets(kw, sw, ow):
         buf[:, :, :, sl] += r
     return buf
+
+
+def _tiles_image(kernel, stride, pad, out, h: int, w: int) -> bool:
+    """Whether the windows tile the image exactly: kernel == stride, no padding, and
+    out·kernel == size on both axes (LeNet's and VGG's 2×2/2 pools on even sizes).
+    Then every pixel lies in exactly one window, none clipped, and an (N, C, H, W)
+    array viewed as (N, C, OH, kh, OW, kw) holds each window in axes 3 and 5."""
+    return (tuple(kernel) == tuple(stride) and tuple(pad) == (0, 0)
+            and out[0] * kernel[0] == h and out[1] * kernel[1] == w)
+
+
+def _max_backward_tiled(xp, x, y, dy, kernel, out):
+    """MAX pooling's backward when the windows tile the image (_tiles_image): each
+    window's gradient goes to its first maximum in Caffe's row-major scan, found by
+    comparing x with its window's maximum and clearing later hits. The same result,
+    bit for bit, as the general path's arg-max scan (the first pixel equal to its
+    window's maximum gets dy, every other pixel +0; no gradient where the maximum is NaN).
+
+    Written for NumPy's speed: y and dy are repeated kw times along W so that each
+    operation runs over rows of W contiguous values (broadcasting them over a
+    (.., OW, kw) view makes NumPy loop over kw values at a time, several times slower),
+    and dy is selected by a bitwise AND with an all-ones/zero mask, as masked copies
+    (copyto(where=), where) are much slower than a plain elementwise operation."""
+    (kh, kw), (oh, ow) = kernel, out
+    n, c, h, w = x.shape
+    dx = xp.empty(x.shape, dtype=dy.dtype)
+    bits = xp.dtype(f"u{dy.dtype.itemsize}")
+
+    def widened(a, m, slot):
+        """a (m, C, OH, OW) repeated kw times along W: (m, C, OH, 1, W), a workspace."""
+        out = workspace(xp, (m, c, oh, 1, w), a.dtype, slot)
+        for j in range(kw):
+            out[:, :, :, 0, j::kw] = a
+        return out
+
+    def run(a, b):
+        m = b - a
+        rows = (m, c, oh, kh, w)                               # window row i of output row r
+        hit = xp.equal(x[a:b].reshape(rows), widened(y[a:b], m, "pool_y"),
+                       out=workspace(xp, rows, bool, "pool_hit"))
+        # Ties: keep only the first hit per window. A window without a hit (NaN max)
+        # could hide another's tie in the count, hence the NaN test.
+        windows = m * c * oh * ow
+        if kh * kw > 1 and (int(xp.count_nonzero(hit)) != windows or bool(xp.isnan(y[a:b]).any())):
+            tiles = hit.reshape(m, c, oh, kh, ow, kw)
+            taken = tiles[:, :, :, 0, :, 0].copy()             # a maximum seen earlier in the scan
+            for k in range(1, kh * kw):
+                later = tiles[:, :, :, k // kw, :, k % kw]     # a view: cleared in place
+                later &= ~taken
+                if k < kh * kw - 1:
+                    taken |= later
+        mask = xp.negative(hit, out=workspace(xp, rows, bits, "pool_mask"), dtype=bits,
+                           casting="unsafe")                   # True → all bits set
+        xp.bitwise_and(widened(dy[a:b], m, "pool_dy").view(bits), mask,
+                       out=dx[a:b].view(bits).reshape(rows))
+
+    split(xp, n, x.size, run)
+    return dx
 
 
 def _crop(xp, buf, pad, h, w):
@@ -242,9 +319,12 @@ class Pooling(LayerType):
             return [_crop(xp, _spread_windows(xp, g, kernel, stride, out, shape), pad, h, w)], []
         # MAX (the mask top, if any, carries no gradient)
         arg = state.get("argmax")
+        g = top_diffs[0]
+        if arg is None and not p["global_pooling"] and _tiles_image(kernel, stride, pad, out, h, w):
+            # the common non-overlapping pool: no arg-max array, no scatter loop
+            return [_max_backward_tiled(xp, x, tops[0], g, kernel, out)], []
         if arg is None:
             arg = self._argmax(xp, x, tops[0], kernel, stride, pad, out)
-        g = top_diffs[0]
         if p["global_pooling"]:
             picks = xp.arange(h * w, dtype=xp.int32).reshape(1, 1, h, w) == arg
             return [xp.where(picks, g, g.dtype.type(0))], []

@@ -1,0 +1,176 @@
+"""The NumPy runtime's fast paths against its general ones: MAX pooling's tiled backward
+(kernel == stride, no padding) bit for bit against the arg-max scan, with ties and NaN;
+sizes that must fall back; every convolution column layout against the direct loops;
+and work split across threads bit for bit against one thread."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_conv_run import naive_conv  # noqa: E402
+from test_pool_run import caffe_pool, caffe_pool_backward  # noqa: E402
+
+from netc.layers import REGISTRY, conv, pool  # noqa: E402
+from netc.layers.im2col import Geometry  # noqa: E402
+from netc.runtime import threads  # noqa: E402
+from netc.runtime.backend import NUMPY, RunContext  # noqa: E402
+
+
+def pool_params(kernel, stride, pad=(0, 0), round_mode="CEIL"):
+    spec = REGISTRY["Pooling"]
+    return spec.normalize({"pool": "MAX", "pad": 0, "pad_h": pad[0], "pad_w": pad[1], "kernel_size": None,
+                           "kernel_h": kernel[0], "kernel_w": kernel[1], "stride": 1, "stride_h": stride[0],
+                           "stride_w": stride[1], "global_pooling": False, "round_mode": round_mode})
+
+
+def general_max_backward(x, y, dy, kernel, stride):
+    """The general path: Caffe's arg-max scan, then the scatter over window offsets."""
+    spec = REGISTRY["Pooling"]
+    out = y.shape[2:]
+    arg = spec._argmax(np, x, y, kernel, stride, (0, 0), out)
+    p = pool_params(kernel, stride)
+    (dx,), _ = spec.backward(p, [x], [y], [dy], [], RunContext(NUMPY, "train", x.dtype), {"argmax": arg}, [True])
+    return dx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel", [(2, 2), (3, 3), (2, 3), (1, 2)])
+def test_tiled_max_backward_is_the_general_path_bit_for_bit(dtype, kernel):
+    rng = np.random.default_rng(0)
+    n, c, oh, ow = 3, 4, 5, 6
+    # few distinct values: many ties inside windows, and whole windows of equal values
+    x = rng.integers(0, 3, size=(n, c, oh * kernel[0], ow * kernel[1])).astype(dtype)
+    x[0, 0, :kernel[0], :kernel[1]] = np.nan           # a window whose maximum is NaN
+    x[1, 1, 0, 0] = np.nan
+    spec, p = REGISTRY["Pooling"], pool_params(kernel, kernel)
+    ctx = RunContext(NUMPY, "train", dtype)
+    y = spec.forward(p, [x], [], ctx, {"ntops": 1})[0]
+    dy = rng.normal(size=y.shape).astype(dtype)
+    assert pool._tiles_image(kernel, kernel, (0, 0), y.shape[2:], *x.shape[2:])
+    (fast,), _ = spec.backward(p, [x], [y], [dy], [], ctx, {}, [True])
+    want = general_max_backward(x, y, dy, kernel, kernel)
+    assert fast.dtype == dtype
+    np.testing.assert_array_equal(fast.view(f"u{fast.itemsize}"), want.view(f"u{want.itemsize}"))
+    # and against Caffe's loop where no NaN is involved
+    x2 = np.nan_to_num(x, nan=5.0)
+    y2 = spec.forward(p, [x2], [], ctx, {"ntops": 1})[0]
+    top, mask = caffe_pool(x2.astype(float), "MAX", kernel, kernel, (0, 0))
+    np.testing.assert_array_equal(y2, top)
+    (dx2,), _ = spec.backward(p, [x2], [y2], [dy], [], ctx, {}, [True])
+    np.testing.assert_array_equal(dx2, caffe_pool_backward(x2, mask, dy.astype(float), "MAX", kernel, kernel, (0, 0)))
+
+
+@pytest.mark.parametrize("shape, round_mode", [((2, 3, 7, 7), "CEIL"), ((2, 3, 7, 8), "FLOOR"),
+                                               ((1, 2, 5, 4), "CEIL")])
+def test_odd_sizes_fall_back_to_the_general_path(shape, round_mode):
+    """2×2 / 2 on odd sizes: a clipped last window (CEIL) or a dropped row (FLOOR)."""
+    spec, p = REGISTRY["Pooling"], pool_params((2, 2), (2, 2), round_mode=round_mode)
+    x = np.random.default_rng(1).integers(0, 4, size=shape).astype(float)
+    ctx = RunContext(NUMPY, "train", np.float64)
+    y = spec.forward(p, [x], [], ctx, {"ntops": 1})[0]
+    assert not pool._tiles_image((2, 2), (2, 2), (0, 0), y.shape[2:], *shape[2:])
+    top, mask = caffe_pool(x, "MAX", (2, 2), (2, 2), (0, 0), ceil=round_mode == "CEIL")
+    np.testing.assert_array_equal(y, top)
+    dy = np.random.default_rng(2).normal(size=y.shape)
+    (dx,), _ = spec.backward(p, [x], [y], [dy], [], ctx, {}, [True])
+    np.testing.assert_array_equal(dx, caffe_pool_backward(x, mask, dy, "MAX", (2, 2), (2, 2), (0, 0)))
+
+
+def conv_params(num, kernel, stride, pad, dilation, group):
+    spec = REGISTRY["Convolution"]
+    return spec.normalize({"num_output": num, "bias_term": True, "pad": (pad,), "kernel_size": (kernel,),
+                           "stride": (stride,), "dilation": (dilation,), "kernel_h": None, "kernel_w": None,
+                           "pad_h": None, "pad_w": None, "stride_h": None, "stride_w": None, "group": group,
+                           "axis": 1})
+
+
+def run_conv(p, x, w, b, dy):
+    spec, ctx = REGISTRY["Convolution"], RunContext(NUMPY, "train", x.dtype)
+    y = spec.forward(p, [x], [w, b], ctx, {"ntops": 1})[0]
+    (dx,), (dw, db) = spec.backward(p, [x], [y], [dy], [w, b], ctx, {}, [True])
+    return y, dx, dw, db
+
+
+FORCED = {  # (_BATCH_LAST_BELOW_OW, _BATCHED_GEMM_BELOW, _PER_IMAGE_WEIGHT_GRADIENTS_MAX) → layouts
+    "T": (10 ** 6, 0, 0),
+    "C": (0, 10 ** 6, 0),
+    "N": (0, 0, 10 ** 9),
+    "N forward, C backward": (0, 0, 0),
+}
+
+
+@pytest.mark.parametrize("forced", list(FORCED))
+@pytest.mark.parametrize("case", [((2, 4, 7, 7), 6, 3, 2, 1, 2, 2), ((3, 3, 9, 8), 4, 3, 1, 1, 1, 1),
+                                  ((2, 2, 6, 6), 3, 2, 2, 0, 1, 1)])
+def test_every_column_layout_gives_the_same_convolution(monkeypatch, forced, case):
+    shape, num, k, s, pd, dil, group = case
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape)
+    p = conv_params(num, k, s, pd, dil, group)
+    w = rng.normal(size=(num, shape[1] // group, k, k))
+    b = rng.normal(size=num)
+    want_y = naive_conv(x, w, b, (s, s), (pd, pd), (dil, dil), group)
+    dy = rng.normal(size=want_y.shape)
+    ref = run_conv(p, x, w, b, dy)
+    for name, value in zip(("_BATCH_LAST_BELOW_OW", "_BATCHED_GEMM_BELOW", "_PER_IMAGE_WEIGHT_GRADIENTS_MAX"),
+                           FORCED[forced]):
+        monkeypatch.setattr(conv, name, value)
+    got = run_conv(p, x, w, b, dy)
+    np.testing.assert_allclose(got[0], want_y, rtol=1e-12, atol=1e-12)
+    for ours, theirs in zip(got, ref):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_im2col_col2im_are_adjoint_batch_last():
+    from netc.layers.im2col import col2im, im2col
+    rng = np.random.default_rng(5)
+    g = Geometry(c=3, h=7, w=6, kh=3, kw=2, sh=2, sw=1, ph=1, pw=2, dh=2, dw=3, oh=3, ow=4)
+    x = rng.normal(size=(2, 3, 7, 6))
+    col = im2col(np, x, g, "T").copy()
+    np.testing.assert_array_equal(col.transpose(5, 0, 1, 2, 3, 4), im2col(np, x, g, "N"))
+    c = rng.normal(size=col.shape)
+    assert np.isclose(np.sum(col * c), np.sum(x * col2im(np, c, g, 2, "T")))
+
+
+@pytest.fixture
+def split_everything(monkeypatch):
+    """Every splittable operation split across 3 threads, however small."""
+    monkeypatch.setattr(threads, "MIN_ELEMENTS", 0)
+    threads.set_workers(3)
+    yield
+    threads.set_workers(threads.os.cpu_count() or 1)
+
+
+def _all_paths(dtype):
+    rng = np.random.default_rng(7)
+    out = []
+    for case in [((5, 4, 8, 8), 6, 3, 1, 1, 1, 2), ((3, 2, 20, 21), 3, 5, 1, 0, 1, 1)]:   # "T"; "N"/"C"
+        shape, num, k, s, pd, dil, group = case
+        x = rng.normal(size=shape).astype(dtype)
+        p = conv_params(num, k, s, pd, dil, group)
+        w = rng.normal(size=(num, shape[1] // group, k, k)).astype(dtype)
+        b = rng.normal(size=num).astype(dtype)
+        spec, ctx = REGISTRY["Convolution"], RunContext(NUMPY, "train", dtype)
+        y = spec.forward(p, [x], [w, b], ctx, {"ntops": 1})[0]
+        dy = rng.normal(size=y.shape).astype(dtype)
+        out += list(run_conv(p, x, w, b, dy))
+    spec, ctx = REGISTRY["Pooling"], RunContext(NUMPY, "train", dtype)
+    for kernel, stride, pad in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1))]:
+        x = rng.integers(0, 5, size=(5, 3, 12, 12)).astype(dtype)
+        for method in ("MAX", "AVE"):
+            p = dict(pool_params(kernel, stride, pad), pool=method)
+            y = spec.forward(p, [x], [], ctx, {"ntops": 1})[0]
+            dy = rng.normal(size=y.shape).astype(dtype)
+            out += [y, spec.backward(p, [x], [y], [dy], [], ctx, {}, [True])[0][0]]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thread_split_is_bit_identical(dtype, split_everything):
+    split = _all_paths(dtype)
+    threads.set_workers(1)
+    single = _all_paths(dtype)
+    for a, b in zip(split, single):
+        np.testing.assert_array_equal(a, b)
