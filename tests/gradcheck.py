@@ -20,6 +20,19 @@ from netc.runtime.executor import Executor
 from netc.runtime.weights import init_weights
 
 
+def build_executor(net_text: str, tmp_path, phase: str = "train", dtype=np.float64, name: str = "t.net",
+                   seed: int = 0) -> Executor:
+    """An executor for a net written as text, weights from its fillers (seed 0), the run's
+    generator seeded by `seed`, computing the gradients of its inputs too: the common
+    start of the layer tests."""
+    path = tmp_path / name
+    path.write_text(net_text)
+    net = compile_net(str(path), phase)
+    ex = Executor(net, init_weights(net, 0, dtype), dtype=dtype, seed=seed)
+    ex.force_backward = True
+    return ex
+
+
 def _objective(ex: Executor, projections: dict) -> float:
     return ex.loss + sum(float(np.sum(ex.blobs[b] * r)) for b, r in projections.items())
 

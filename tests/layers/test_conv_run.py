@@ -9,22 +9,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gradcheck import gradcheck  # noqa: E402
+from gradcheck import build_executor as build, gradcheck  # noqa: E402
 
-from netc.compile import compile_net  # noqa: E402
 from netc.layers.im2col import Geometry, col2im, im2col  # noqa: E402
 from netc.runtime.executor import Executor  # noqa: E402
-from netc.runtime.weights import init_weights  # noqa: E402
 
 
-def build(text, tmp_path, dtype=np.float64, seed=0):
-    path = tmp_path / "t.net"
-    path.write_text(text)
-    net = compile_net(str(path), "train")
-    weights = init_weights(net, seed, dtype)
-    ex = Executor(net, weights, dtype=dtype)
-    ex.force_backward = True
-    return ex
 
 
 def pair(v):

@@ -10,22 +10,12 @@ import pytest
 from netc.errors import NetcError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gradcheck import gradcheck  # noqa: E402
+from gradcheck import build_executor as build, gradcheck  # noqa: E402
 
-from netc.compile import compile_net  # noqa: E402
-from netc.runtime.executor import Executor  # noqa: E402
-from netc.runtime.weights import init_weights  # noqa: E402
 
 FLT_MIN = 1.1754943508222875e-38
 
 
-def build(text, tmp_path, phase="train", dtype=np.float64, name="t.net"):
-    path = tmp_path / name
-    path.write_text(text)
-    net = compile_net(str(path), phase)
-    ex = Executor(net, init_weights(net, 0, dtype), dtype=dtype)
-    ex.force_backward = True
-    return ex
 
 
 def naive_softmax_loss(scores, labels, ignore, mode):

@@ -8,20 +8,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gradcheck import gradcheck  # noqa: E402
-
-from netc.compile import compile_net  # noqa: E402
-from netc.runtime.executor import Executor  # noqa: E402
-from netc.runtime.weights import init_weights  # noqa: E402
+from gradcheck import build_executor as build, gradcheck  # noqa: E402
 
 
-def build(text, tmp_path, dtype=np.float64):
-    path = tmp_path / "t.net"
-    path.write_text(text)
-    net = compile_net(str(path), "train")
-    ex = Executor(net, init_weights(net, 0, dtype), dtype=dtype)
-    ex.force_backward = True
-    return ex
+
 
 
 def f32(v):
@@ -92,7 +82,7 @@ def test_across_channels_forward(tmp_path, case):
     want = lrn_across(x, n, a, b, k)
     ex = build(across_text(*case), tmp_path)
     np.testing.assert_allclose(np.array(ex.forward({"data": x})["n"]), want, rtol=1e-12)
-    got32 = np.array(build(across_text(*case), tmp_path, np.float32).forward({"data": x})["n"])
+    got32 = np.array(build(across_text(*case), tmp_path, dtype=np.float32).forward({"data": x})["n"])
     assert got32.dtype == np.float32
     np.testing.assert_allclose(got32, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
@@ -104,7 +94,7 @@ def test_within_channel_forward(tmp_path, case):
     want = lrn_within(x, n, a, b)
     ex = build(within_text(*case), tmp_path)
     np.testing.assert_allclose(np.array(ex.forward({"data": x})["n"]), want, rtol=1e-12)
-    got32 = np.array(build(within_text(*case), tmp_path, np.float32).forward({"data": x})["n"])
+    got32 = np.array(build(within_text(*case), tmp_path, dtype=np.float32).forward({"data": x})["n"])
     np.testing.assert_allclose(got32, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
@@ -168,7 +158,7 @@ def test_across_matches_torch(tmp_path, case):
     torch = pytest.importorskip("torch")
     shape, n, a, b, k = case
     for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
-        ex = build(across_text(*case), tmp_path, dtype)
+        ex = build(across_text(*case), tmp_path, dtype=dtype)
         rng = np.random.default_rng(9)
         x = (rng.normal(size=shape) * 2).astype(dtype)
         dy = rng.normal(size=shape).astype(dtype)

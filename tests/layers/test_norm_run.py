@@ -8,22 +8,14 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gradcheck import gradcheck  # noqa: E402
+from gradcheck import build_executor as build, gradcheck  # noqa: E402
 
 from netc.compile import compile_net  # noqa: E402
-from netc.runtime.executor import Executor  # noqa: E402
 from netc.runtime.weights import init_weights  # noqa: E402
 
 EPS = 1e-5
 
 
-def build(text, tmp_path, phase="train", dtype=np.float64, name="t.net"):
-    path = tmp_path / name
-    path.write_text(text)
-    net = compile_net(str(path), phase)
-    ex = Executor(net, init_weights(net, 0, dtype), dtype=dtype)
-    ex.force_backward = True
-    return ex
 
 
 def channel_stats(x):

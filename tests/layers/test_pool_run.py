@@ -10,21 +10,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gradcheck import gradcheck  # noqa: E402
+from gradcheck import build_executor as build, gradcheck  # noqa: E402
 
-from netc.compile import compile_net  # noqa: E402
 from netc.errors import NetcError  # noqa: E402
 from netc.runtime.executor import Executor  # noqa: E402
-from netc.runtime.weights import init_weights  # noqa: E402
 
 
-def build(text, tmp_path, dtype=np.float64):
-    path = tmp_path / "t.net"
-    path.write_text(text)
-    net = compile_net(str(path), "train")
-    ex = Executor(net, init_weights(net, 0, dtype), dtype=dtype)
-    ex.force_backward = True
-    return ex
 
 
 def caffe_out(size, k, s, p, ceil=True):

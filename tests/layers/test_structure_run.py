@@ -7,22 +7,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gradcheck import gradcheck  # noqa: E402
+from gradcheck import build_executor as build, gradcheck  # noqa: E402
 
-from netc.compile import compile_net  # noqa: E402
 from netc.layers import REGISTRY  # noqa: E402
 from netc.runtime.backend import NUMPY, RunContext  # noqa: E402
-from netc.runtime.executor import Executor  # noqa: E402
-from netc.runtime.weights import init_weights  # noqa: E402
 
 
-def build(text, tmp_path, phase="train", dtype=np.float64, name="t.net", seed=0):
-    path = tmp_path / name
-    path.write_text(text)
-    net = compile_net(str(path), phase)
-    ex = Executor(net, init_weights(net, 0, dtype), dtype=dtype, seed=seed)
-    ex.force_backward = True
-    return ex
 
 
 def ctx(phase="train"):
