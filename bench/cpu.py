@@ -7,7 +7,8 @@ Goals (NumPy runtime issue), as speed ratios (PyTorch time / netc time; > 1 is f
 AlexNet batch 1 and GoogLeNet batch 1 are measured too. Both sides use the same
 weights and inputs, the same thread count, the median of several runs after
 warm-up; the outputs are compared, and netc's time is broken down by layer type
-(with im2col measured on its own inside convolution).
+(with im2col measured on its own inside convolution, in the column layout each
+convolution uses).
 
     python3 bench/cpu.py [--runs 7] [--threads 2] [--only alexnet16,lenet]
 """
@@ -41,9 +42,13 @@ def median_time(fn, runs: int, warmup: int = 2) -> float:
 
 
 def breakdown(net, ex, feeds, runs: int, backward: bool) -> dict[str, float]:
-    """Seconds per run by layer type; convolution split into im2col and the rest (GEMM)."""
+    """Seconds per run by layer type; convolution split into im2col and the rest (GEMM).
+    im2col is timed on its own, once per convolution and run, in the layout that
+    convolution's forward picks (netc.layers.conv._layout; "T" includes its batch-last
+    copy of the input): a training backward reuses the forward's columns."""
     import numpy as np
 
+    from netc.layers.conv import _layout
     from netc.layers.im2col import conv_geometry, im2col
 
     ex.profile = {}
@@ -67,9 +72,10 @@ def breakdown(net, ex, feeds, runs: int, backward: bool) -> dict[str, float]:
         geo = conv_geometry(dict(layer.params), c, h, w, oh, ow)
         if geo.one_by_one:
             continue
+        layout = _layout(geo, n)
         start = time.perf_counter()
         for _ in range(runs):
-            im2col(np, x, geo)
+            im2col(np, x, geo, layout)
         im2col_seconds += (time.perf_counter() - start) / runs
     ex.profile = None
     if "Convolution" in by_type:

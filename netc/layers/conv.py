@@ -16,7 +16,7 @@ from __future__ import annotations
 from netc.layers.base import (LEARNABLE_PARAMS, REQUIRED, LayerType, Param, ParamError, ShapeError,
                               register, spatial_pair)
 from netc.layers.im2col import col2im, conv_geometry, im2col, workspace
-from netc.runtime.threads import split
+from netc.runtime.threads import split, split_gemms
 
 # How Convolution lays out its column matrix (netc.layers.im2col), by output size:
 #  - output rows shorter than this (and a batch): layout "T", batch last. NumPy's copy
@@ -104,23 +104,55 @@ def _from_nchw(xp, dy, layout: str):
     return out.reshape(co, -1)
 
 
-def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int):
-    """y = conv(x) (+ bias): (N, Co, OH, OW). wts: [Co, C/g, kh, kw]."""
+def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, keep: dict | None = None):
+    """y = conv(x) (+ bias): (N, Co, OH, OW). wts: [Co, C/g, kh, kw]. keep: a dict (the
+    layer's state) to leave the column matrix in for the backward (see _columns)."""
     co = wts.shape[0]
     wmat = wts.reshape(groups, co // groups, -1)
     kg, pix = geo.rows // groups, geo.oh * geo.ow
     layout = _layout(geo, n)
     if layout in ("C", "T"):
-        cols = im2col(xp, x, geo, layout).reshape(groups, kg, n * pix)
+        cols = _columns(xp, x, geo, layout, keep).reshape(groups, kg, n * pix)
         r = xp.matmul(wmat, cols, out=workspace(xp, (groups, co // groups, n * pix), x.dtype, "gemm"))
         return _to_nchw(xp, r.reshape(co, -1), bias, n, geo.oh, geo.ow, layout)
     if layout == "1":
         y = xp.matmul(wmat, x.reshape(n, groups, kg, pix)).reshape(n, co, geo.oh, geo.ow)
-    else:
-        y = xp.matmul(wmat, im2col(xp, x, geo, "N").reshape(n, groups, kg, pix)).reshape(n, co, geo.oh, geo.ow)
-    if bias is not None:
-        y += bias.reshape(1, co, 1, 1)
+        if bias is not None:
+            y += bias.reshape(1, co, 1, 1)
+        return y
+    # Layout "N": im2col, one GEMM per image and the bias, slice by slice of the batch,
+    # the slices on several threads when the GEMMs are small (LeNet's conv1).
+    y = xp.empty((n, co, geo.oh, geo.ow), dtype=x.dtype)
+    kept = None if keep is None else xp.empty((n, geo.rows, pix), dtype=x.dtype)
+
+    def run(a, b):
+        cols = im2col(xp, x[a:b], geo, "N", out=None if kept is None else kept[a:b])
+        ys = y[a:b]
+        xp.matmul(wmat, cols.reshape(b - a, groups, kg, pix), out=ys.reshape(b - a, groups, co // groups, pix))
+        if bias is not None:
+            ys += bias.reshape(1, co, 1, 1)
+
+    split_gemms(xp, n, co // groups * kg * pix, run)
+    if kept is not None:
+        keep["cols"] = ("N", kept)
     return y
+
+
+def _columns(xp, x, geo, layout: str, keep: dict | None):
+    """im2col(x) in `layout`. A training forward passes its state as `keep`: the columns
+    are then a new array left there for the backward's weight gradient, which need not
+    make them again (_kept_columns); costs their memory (Caffe makes them twice)."""
+    if keep is None:
+        return im2col(xp, x, geo, layout)
+    cols = im2col(xp, x, geo, layout, out=xp.empty(geo.rows * x.shape[0] * geo.oh * geo.ow, dtype=x.dtype))
+    keep["cols"] = (layout, cols)
+    return cols
+
+
+def _kept_columns(state: dict, layout: str):
+    """The columns the forward kept in `layout` (given up: freed once used), or None."""
+    kept = state.pop("cols", None)
+    return kept[1] if kept is not None and kept[0] == layout else None
 
 
 def _columns_batch_major(xp, x, geo, groups: int, n: int):
@@ -224,7 +256,8 @@ class Convolution(_ConvolutionBase):
     def forward(self, p, bottoms, weights, ctx, state):
         x = bottoms[0]
         bias = weights[1] if p["bias_term"] else None
-        return [_conv_forward(ctx.xp, x, weights[0], bias, self._geometry(p, x), p["group"], x.shape[0])]
+        return [_conv_forward(ctx.xp, x, weights[0], bias, self._geometry(p, x), p["group"], x.shape[0],
+                              keep=state if ctx.train else None)]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         xp, x, dy = ctx.xp, bottoms[0], top_diffs[0]
@@ -239,9 +272,18 @@ class Convolution(_ConvolutionBase):
             # as it is and the forward's column layout, then a sum over the batch; with
             # a weight this small, 2.5x faster than one GEMM whose inner dimension is
             # the whole batch's pixels (OpenBLAS splits that one poorly).
-            cols = im2col(xp, x, geo, "N").reshape(n, groups, kg, pix)
+            # Per slice of the batch (on several threads when the GEMMs are small), the
+            # sum over the batch taken afterwards in one order whatever the threading.
+            kept = _kept_columns(state, "N")
             dy_n = dy.reshape(n, groups, cog, pix)
-            dw = xp.matmul(dy_n, cols.transpose(0, 1, 3, 2)).sum(axis=0).reshape(wts.shape)
+            dws = xp.empty((n, groups, cog, kg), dtype=dy.dtype)
+
+            def run(a, b):
+                cols = im2col(xp, x[a:b], geo, "N") if kept is None else kept[a:b]
+                xp.matmul(dy_n[a:b], cols.reshape(b - a, groups, kg, pix).transpose(0, 1, 3, 2), out=dws[a:b])
+
+            split_gemms(xp, n, cog * kg * pix, run)
+            dw = dws.sum(axis=0).reshape(wts.shape)
             grads = [dw] + ([dy_n.sum(axis=(0, 3)).reshape(co)] if p["bias_term"] else [])
             dx = None
             if need[0]:
@@ -254,7 +296,8 @@ class Convolution(_ConvolutionBase):
             cols = _batch_major(x, groups)                     # (G, C/g, N·H·W)
         else:
             dy_b = _from_nchw(xp, dy, layout).reshape(groups, cog, -1)
-            cols = im2col(xp, x, geo, layout).reshape(groups, kg, -1)
+            cols = _kept_columns(state, layout)
+            cols = (im2col(xp, x, geo, layout) if cols is None else cols).reshape(groups, kg, -1)
         # The weight gradient summed over the batch by one GEMM, computed transposed
         # (colsᵀ·dy_bᵀ)ᵀ: both operands then stream along their contiguous rows, which
         # OpenBLAS runs ~25% faster than dy_b·colsᵀ (LeNet's conv2).

@@ -30,7 +30,8 @@ from netc.runtime.threads import split
 
 # NumPy: the column matrix is written into one reused buffer per thread (Caffe keeps a
 # col_buffer too): a fresh one costs the kernel's page zeroing, as much as the copy
-# itself. Callers use the columns at once and never keep them. Above this size a
+# itself. Callers use the columns at once and never keep them (im2col(out=) writes into
+# an array of a caller that does). Above this size a
 # fresh array is made (and given back) instead. CuPy pools its memory itself.
 # Other scratch arrays of a convolution (the batch-last input copy, GEMM results about
 # to be rearranged) have slots of their own, so that they can be alive at once.
@@ -136,10 +137,11 @@ def batch_last(xp, x, g: Geometry, slot: str = "xt"):
     return xt
 
 
-def im2col(xp, x, g: Geometry, layout: str = "N"):
+def im2col(xp, x, g: Geometry, layout: str = "N", out=None):
     """The column matrix of x (N, C, H, W), contiguous, in layout "N", "C" or "T" (see
-    above). With NumPy it lives in a shared workspace: valid until the next im2col call
-    only. The copy is split over channels across threads (NumPy)."""
+    above). With NumPy it lives in a shared workspace, valid until the next im2col call
+    on this thread only, unless written into `out` (contiguous, of the columns' size:
+    an array the caller may keep). The copy is split over channels across threads (NumPy)."""
     n = x.shape[0]
     if layout == "T":
         xb = batch_last(xp, x, g)
@@ -158,7 +160,7 @@ def im2col(xp, x, g: Geometry, layout: str = "N"):
             shape = (g.c, g.kh, g.kw, n, g.oh, g.ow)
             strides = (s_c, g.dh * s_h, g.dw * s_w, s_n, g.sh * s_h, g.sw * s_w)
             c_axis = 0
-    col = workspace(xp, shape, x.dtype)
+    col = workspace(xp, shape, x.dtype) if out is None else out.reshape(shape)
     windows = as_strided(xp, xb, shape, strides)
 
     def run(a, b):

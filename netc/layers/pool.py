@@ -68,17 +68,21 @@ def _reduce_axis(xp, a, axis: int, k: int, s: int, o: int, op, out=None):
     return r
 
 
-def _reduce_windows(xp, buf, kernel, stride, out, op):
-    """op (maximum or add) over every window: along W, then along H. A new contiguous
-    (N, C, OH, OW) array. The batch is split across threads (NumPy); each image's sums
-    are taken in the same order either way."""
+def _reduce_windows(xp, buf, kernel, stride, out, op, rows_first: bool = False):
+    """op (maximum or add) over every window: along W, then along H (rows_first: along
+    H, then W). A new contiguous (N, C, OH, OW) array. The batch is split across threads
+    (NumPy); each image's sums are taken in the same order either way."""
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
     n, c = buf.shape[:2]
     y = xp.empty((n, c, oh, ow), dtype=buf.dtype)
 
     def run(a, b):
-        r = _reduce_axis(xp, buf[a:b], 3, kw, sw, ow, op)
-        _reduce_axis(xp, r, 2, kh, sh, oh, op, out=y[a:b])
+        if rows_first:
+            r = _reduce_axis(xp, buf[a:b], 2, kh, sh, oh, op)
+            _reduce_axis(xp, r, 3, kw, sw, ow, op, out=y[a:b])
+        else:
+            r = _reduce_axis(xp, buf[a:b], 3, kw, sw, ow, op)
+            _reduce_axis(xp, r, 2, kh, sh, oh, op, out=y[a:b])
 
     split(xp, n, buf.size, run)
     return y
@@ -114,28 +118,36 @@ def _max_backward_tiled(xp, x, y, dy, kernel, out):
     bit for bit, as the general path's arg-max scan (the first pixel equal to its
     window's maximum gets dy, every other pixel +0; no gradient where the maximum is NaN).
 
-    Written for NumPy's speed: y and dy are repeated kw times along W so that each
-    operation runs over rows of W contiguous values (broadcasting them over a
-    (.., OW, kw) view makes NumPy loop over kw values at a time, several times slower),
-    and dy is selected by a bitwise AND with an all-ones/zero mask, as masked copies
-    (copyto(where=), where) are much slower than a plain elementwise operation."""
+    Written for NumPy's speed: y and dy are spread over their windows at full size, so
+    that the comparison and the selection run over whole contiguous arrays (a (.., kh, W)
+    or (.., OW, kw) view of the image makes NumPy loop over W or kw values at a time,
+    several times slower), and dy is selected by a bitwise AND with an all-ones/zero
+    mask, as masked copies (copyto(where=), where) are much slower still."""
     (kh, kw), (oh, ow) = kernel, out
     n, c, h, w = x.shape
     dx = xp.empty(x.shape, dtype=dy.dtype)
     bits = xp.dtype(f"u{dy.dtype.itemsize}")
 
-    def widened(a, m, slot):
-        """a (m, C, OH, OW) repeated kw times along W: (m, C, OH, 1, W), a workspace."""
-        out = workspace(xp, (m, c, oh, 1, w), a.dtype, slot)
+    def spread(a, m, slot):
+        """a (m, C, OH, OW) repeated over each window: (m, C, H, W). Along W by kw strided
+        writes (their rows coalesce into one long loop), along H by repeating whole rows."""
+        if kw == 2 and a.dtype.itemsize == 4:
+            # 2-wide windows of 4-byte values (LeNet's, VGG's 2x2 float32 pools): each
+            # value's bits twice in one uint64, u·(2³² + 1), is its pair along W; one
+            # contiguous multiply instead of two strided writes (~30% faster)
+            pairs = a.view(f"u{a.dtype.itemsize}").astype(xp.uint64)
+            pairs *= 0x100000001
+            return xp.repeat(pairs, kh, axis=2).view(a.dtype)
+        wide = workspace(xp, (m, c, oh, w), a.dtype, slot)
         for j in range(kw):
-            out[:, :, :, 0, j::kw] = a
-        return out
+            wide[..., j::kw] = a
+        return xp.repeat(wide, kh, axis=2)
 
     def run(a, b):
         m = b - a
         rows = (m, c, oh, kh, w)                               # window row i of output row r
-        hit = xp.equal(x[a:b].reshape(rows), widened(y[a:b], m, "pool_y"),
-                       out=workspace(xp, rows, bool, "pool_hit"))
+        hit = xp.equal(x[a:b], spread(y[a:b], m, "pool_y"),
+                       out=workspace(xp, (m, c, h, w), bool, "pool_hit")).reshape(rows)
         # Ties: keep only the first hit per window. A window without a hit (NaN max)
         # could hide another's tie in the count, hence the NaN test.
         windows = m * c * oh * ow
@@ -147,10 +159,9 @@ def _max_backward_tiled(xp, x, y, dy, kernel, out):
                 later &= ~taken
                 if k < kh * kw - 1:
                     taken |= later
-        mask = xp.negative(hit, out=workspace(xp, rows, bits, "pool_mask"), dtype=bits,
-                           casting="unsafe")                   # True → all bits set
-        xp.bitwise_and(widened(dy[a:b], m, "pool_dy").view(bits), mask,
-                       out=dx[a:b].view(bits).reshape(rows))
+        mask = hit.astype(bits).reshape(m, c, h, w)
+        xp.negative(mask, out=mask)                            # 1 → all bits set
+        xp.bitwise_and(spread(dy[a:b], m, "pool_dy").view(bits), mask, out=dx[a:b].view(bits))
 
     split(xp, n, x.size, run)
     return dx
@@ -269,7 +280,11 @@ class Pooling(LayerType):
             y = x.max(axis=(2, 3), keepdims=True)
         else:
             buf = _padded(xp, x, -xp.inf, kernel, stride, pad, out)
-            y = _reduce_windows(xp, buf, kernel, stride, out, xp.maximum)
+            # The maximum, unlike a sum, is the same in any order (up to which of a +0/−0
+            # tie, or which of several NaNs, comes out): the rows first, whose operations
+            # run over whole contiguous rows (~1.8x faster than W first, whose strided
+            # slices NumPy does not vectorise), leaving W for the smaller array.
+            y = _reduce_windows(xp, buf, kernel, stride, out, xp.maximum, rows_first=True)
         # Caffe's mask top is wanted only with two tops; the executor says how many it
         # reads in state["ntops"] (without it, the mask is made anyway).
         if state.get("ntops", 2) < 2:

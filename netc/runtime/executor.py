@@ -16,6 +16,7 @@ from netc.errors import NetcError
 from netc.ir import Net
 from netc.layers import REGISTRY
 from netc.runtime.backend import NUMPY, Backend, RunContext
+from netc.runtime.threads import keep_freed_memory
 from netc.runtime.weights import Weights
 
 
@@ -71,6 +72,8 @@ class Executor:
     def __init__(self, net: Net, weights: Weights, backend: Backend = NUMPY, dtype=np.float32, seed: int = 0):
         self.net = net
         self.backend = backend
+        if backend.xp is np:   # every pass frees and re-makes its arrays: keep the pages (no faults)
+            keep_freed_memory()
         self.dtype = dtype
         self.ctx = RunContext(backend, net.phase, dtype, np.random.default_rng(seed))
         self.weights = {name: [backend.asarray(w, dtype) for w in blobs] for name, blobs in weights.items()}

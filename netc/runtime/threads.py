@@ -9,18 +9,25 @@ own part of any output, so that the result is bit-identical to one fn(0, total) 
 
 Only for NumPy (CuPy parallelises on the GPU itself) and only when the work, in array
 elements touched, is large enough to pay for handing it to a thread (~10-20 µs).
-These parts never overlap a GEMM, so they do not compete with OpenBLAS's threads.
+These parts never overlap a GEMM, but they do compete with OpenBLAS's threads: after
+each GEMM, OpenBLAS's workers keep spinning (sched_yield) for a while waiting for the
+next one, so in a net that runs GEMMs a helper thread shares a core with a spinning
+worker. Measured on 2 cores: LeNet's training step is 0.4-0.8 ms faster unsplit (its
+arrays are 0.2-2M elements), while AlexNet's and GoogLeNet's larger ones still gain a
+little; hence the high threshold below.
 """
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 
-# Below this many elements a split costs more than it saves (measured: a 2-way split
-# of a float32 copy or add starts to pay off around 50-100k elements).
-MIN_ELEMENTS = 1 << 17
+# Below this many elements a split costs more than it saves. Alone, a 2-way split of a
+# float32 copy or add pays off from ~100k elements; between GEMMs (see above) LeNet's
+# 2M-element im2col and col2im still lose, AlexNet batch 16 (4-17M) breaks even or gains.
+MIN_ELEMENTS = 1 << 22
 
 _workers = max(1, os.cpu_count() or 1)
 _pool: ThreadPoolExecutor | None = None
@@ -58,23 +65,53 @@ def chunks(total: int, parts: int) -> list[tuple[int, int]]:
     return out
 
 
-def worth_splitting(xp, total: int, work: int) -> bool:
-    return xp is numpy and _workers > 1 and total > 1 and work >= MIN_ELEMENTS
+def worth_splitting(xp, total: int, work: int, min_work: int | None = None) -> bool:
+    return (xp is numpy and _workers > 1 and total > 1
+            and work >= (MIN_ELEMENTS if min_work is None else min_work))
 
 
-def split(xp, total: int, work: int, fn) -> None:
+_inside = threading.local()
+
+
+def split(xp, total: int, work: int, fn, min_work: int | None = None) -> None:
     """Run fn(start, stop) over [0, total), in slices on several threads when xp is
-    NumPy and `work` (elements touched) is large enough; else as one call."""
-    if not worth_splitting(xp, total, work):
+    NumPy and `work` (elements touched) reaches min_work (default MIN_ELEMENTS);
+    else as one call. A split inside a slice runs as one call (no nesting)."""
+    if getattr(_inside, "active", False) or not worth_splitting(xp, total, work, min_work):
         fn(0, total)
         return
     ranges = chunks(total, _workers)
     pool = _executor()
+
+    def slice_(a, b):
+        _inside.active = True
+        try:
+            fn(a, b)
+        finally:
+            _inside.active = False
+
     # the calling thread takes the first slice itself
-    futures = [pool.submit(fn, a, b) for a, b in ranges[1:]]
-    fn(*ranges[0])
+    futures = [pool.submit(slice_, a, b) for a, b in ranges[1:]]
+    slice_(*ranges[0])
     for f in futures:
         f.result()
+
+
+# OpenBLAS runs a GEMM of m·n·k below 2·65536·GEMM_MULTITHREAD_THRESHOLD(4) on one
+# thread (interface/gemm.c); above it, its own threads do as well as ours.
+OPENBLAS_ONE_THREAD_MNK = 1 << 19
+# Below this many multiply-adds in all, a batch of small GEMMs is not worth a handoff.
+MIN_SPLIT_MACS = 1 << 21
+
+
+def split_gemms(xp, total: int, macs_each: int, fn) -> None:
+    """fn(start, stop) over [0, total) items that each run a GEMM of macs_each m·n·k
+    (and the copies around it): split across threads when OpenBLAS would run each
+    GEMM on one thread, so that the cores share them; else one call."""
+    if macs_each >= OPENBLAS_ONE_THREAD_MNK:
+        fn(0, total)
+        return
+    split(xp, total, total * macs_each, fn, min_work=MIN_SPLIT_MACS)
 
 
 # --- memory -------------------------------------------------------------------------

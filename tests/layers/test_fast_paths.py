@@ -1,7 +1,8 @@
 """The NumPy runtime's fast paths against its general ones: MAX pooling's tiled backward
 (kernel == stride, no padding) bit for bit against the arg-max scan, with ties and NaN;
 sizes that must fall back; every convolution column layout against the direct loops;
-and work split across threads bit for bit against one thread."""
+the columns a training forward keeps against ones made again; and work split across
+threads bit for bit against one thread."""
 import sys
 from pathlib import Path
 
@@ -87,9 +88,10 @@ def conv_params(num, kernel, stride, pad, dilation, group):
 
 
 def run_conv(p, x, w, b, dy):
-    spec, ctx = REGISTRY["Convolution"], RunContext(NUMPY, "train", x.dtype)
-    y = spec.forward(p, [x], [w, b], ctx, {"ntops": 1})[0]
-    (dx,), (dw, db) = spec.backward(p, [x], [y], [dy], [w, b], ctx, {}, [True])
+    """Forward and backward as the executor runs them: one state (the kept columns)."""
+    spec, ctx, state = REGISTRY["Convolution"], RunContext(NUMPY, "train", x.dtype), {"ntops": 1}
+    y = spec.forward(p, [x], [w, b], ctx, state)[0]
+    (dx,), (dw, db) = spec.backward(p, [x], [y], [dy], [w, b], ctx, state, [True])
     return y, dx, dw, db
 
 
@@ -134,10 +136,44 @@ def test_im2col_col2im_are_adjoint_batch_last():
     assert np.isclose(np.sum(col * c), np.sum(x * col2im(np, c, g, 2, "T")))
 
 
+@pytest.mark.parametrize("forced", list(FORCED))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kept_columns_give_the_same_gradients(monkeypatch, forced, dtype):
+    """A training forward keeps its column matrix for the backward (state["cols"]): the
+    same results, bit for bit, as a backward that makes them again, in every layout."""
+    for name, value in zip(("_BATCH_LAST_BELOW_OW", "_BATCHED_GEMM_BELOW", "_PER_IMAGE_WEIGHT_GRADIENTS_MAX"),
+                           FORCED[forced]):
+        monkeypatch.setattr(conv, name, value)
+    rng = np.random.default_rng(11)
+    spec = REGISTRY["Convolution"]
+    for shape, num, k, s, pd, dil, group in [((2, 4, 7, 7), 6, 3, 2, 1, 2, 2), ((3, 2, 24, 25), 4, 5, 1, 0, 1, 1)]:
+        x = rng.normal(size=shape).astype(dtype)
+        p = conv_params(num, k, s, pd, dil, group)
+        w = rng.normal(size=(num, shape[1] // group, k, k)).astype(dtype)
+        b = rng.normal(size=num).astype(dtype)
+        train, test = RunContext(NUMPY, "train", dtype), RunContext(NUMPY, "test", dtype)
+        state = {"ntops": 1}
+        y = spec.forward(p, [x], [w, b], train, state)[0]
+        assert "cols" in state
+        dy = rng.normal(size=y.shape).astype(dtype)
+        kept = spec.backward(p, [x], [y], [dy], [w, b], train, state, [True])
+        assert "cols" not in state                     # given up once used
+        fresh_state = {"ntops": 1}
+        y2 = spec.forward(p, [x], [w, b], test, fresh_state)[0]
+        assert "cols" not in fresh_state               # nothing kept outside training
+        made = spec.backward(p, [x], [y2], [dy], [w, b], test, fresh_state, [True])
+        np.testing.assert_array_equal(y, y2)
+        for a, c in zip(kept[0] + kept[1], made[0] + made[1]):
+            np.testing.assert_array_equal(a, c)
+
+
 @pytest.fixture
 def split_everything(monkeypatch):
-    """Every splittable operation split across 3 threads, however small."""
+    """Every splittable operation split across 3 threads, however small (small GEMMs
+    included, and batches of GEMMs OpenBLAS would thread itself)."""
     monkeypatch.setattr(threads, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(threads, "MIN_SPLIT_MACS", 0)
+    monkeypatch.setattr(threads, "OPENBLAS_ONE_THREAD_MNK", 1 << 62)
     threads.set_workers(3)
     yield
     threads.set_workers(threads.os.cpu_count() or 1)
@@ -146,7 +182,9 @@ def split_everything(monkeypatch):
 def _all_paths(dtype):
     rng = np.random.default_rng(7)
     out = []
-    for case in [((5, 4, 8, 8), 6, 3, 1, 1, 1, 2), ((3, 2, 20, 21), 3, 5, 1, 0, 1, 1)]:   # "T"; "N"/"C"
+    # "T"; "C"; "N" (one GEMM per image, slices of the batch on threads, splits nested in them run inline)
+    for case in [((5, 4, 8, 8), 6, 3, 1, 1, 1, 2), ((3, 2, 20, 21), 3, 5, 1, 0, 1, 1),
+                 ((5, 2, 24, 25), 4, 5, 1, 0, 1, 1)]:
         shape, num, k, s, pd, dil, group = case
         x = rng.normal(size=shape).astype(dtype)
         p = conv_params(num, k, s, pd, dil, group)
