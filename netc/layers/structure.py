@@ -134,8 +134,22 @@ class Split(LayerType):
         return [total], []
 
 
+class _ViewOfInput(LayerType):
+    """A layer whose output is its input with another shape (its own shape rule):
+    the same values, so the gradient is the output's gradient reshaped back."""
+
+    def forward(self, p, bottoms, weights, ctx, state):
+        x = bottoms[0]
+        return [x.reshape(self.infer(p, [tuple(x.shape)], 1)[0])]
+
+    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if not need[0]:
+            return [None], []
+        return [top_diffs[0].reshape(bottoms[0].shape)], []
+
+
 @register
-class Flatten(LayerType):
+class Flatten(_ViewOfInput):
     type_name = "Flatten"
     summary = "folds axes axis..end_axis into one"
     params = (Param("axis", "int", 1), Param("end_axis", "int", -1))
@@ -149,18 +163,9 @@ class Flatten(LayerType):
             raise ShapeError(f"end_axis ({p['end_axis']}) comes before axis ({p['axis']})", param="end_axis")
         return [shape[:start] + (count(shape[start:end + 1]),) + shape[end + 1:]]
 
-    def forward(self, p, bottoms, weights, ctx, state):
-        x = bottoms[0]
-        return [x.reshape(self.infer(p, [tuple(x.shape)], 1)[0])]
-
-    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
-        if not need[0]:
-            return [None], []
-        return [top_diffs[0].reshape(bottoms[0].shape)], []
-
 
 @register
-class Reshape(LayerType):
+class Reshape(_ViewOfInput):
     type_name = "Reshape"
     summary = "new shape; 0 copies the input's dimension, -1 is inferred"
     params = (Param("shape", "shape", ()), Param("axis", "int", 0), Param("num_axes", "int", -1))
@@ -204,15 +209,6 @@ class Reshape(LayerType):
             raise ShapeError(f"cannot reshape {list(shape)} ({count(shape)} values) into {new} "
                              f"({count(new)} values)", param="shape")
         return [tuple(new)]
-
-    def forward(self, p, bottoms, weights, ctx, state):
-        x = bottoms[0]
-        return [x.reshape(self.infer(p, [tuple(x.shape)], 1)[0])]
-
-    def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
-        if not need[0]:
-            return [None], []
-        return [top_diffs[0].reshape(bottoms[0].shape)], []
 
 
 @register
