@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # grammars/ and kernels/ live at the top of the repository (they are the
 # language's and the GPU backend's source of truth) but ship inside the package
@@ -10,8 +10,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["netc", "netc.lang", "netc.caffe", "netc.layers", "netc.passes",
-              "netc.grammars", "netc.kernels"],
+    # every package under netc/ (a hand-written list once missed netc.runtime), plus the
+    # two mapped folders
+    packages=find_packages(include=["netc", "netc.*"]) + ["netc.grammars", "netc.kernels"],
     package_dir={"netc": "netc", "netc.grammars": "grammars", "netc.kernels": "kernels"},
     package_data={"netc.grammars": ["*.lark"], "netc.kernels": ["*.cu"], "netc.caffe": ["*.proto"]},
     install_requires=["lark>=1.1.7", "numpy>=1.23", "click>=8.0", "protobuf>=7.35.1", "pillow>=9"],
