@@ -25,17 +25,17 @@ from netc.caffe.load import load_prototxt
 from netc.caffe.prototxt import (check_layer_type, param_specs, layer_in_phase, legacy_inputs,
                                  net_from_prototxt, read_layer_params, solver_from_prototxt)
 from netc.errors import NetcError
+from netc.lang.parser import is_plain_name
+from netc.lang.values import CONSTANTS
+from netc.passes.expand import MODULE_INPUT
 from netc.ir import Filler, ParamSpec, SolverSpec
 from netc.layers import REGISTRY, LayerType
 from netc.layers.base import Param
-from netc.train.solver_config import LR_POLICY_FIELDS, SOLVER_FIELDS
+from netc.train.solver_config import LR_POLICY_FIELDS, SOLVER_FIELDS, solver_field
 
 __all__ = ["prototxt_to_net_text", "find_solver_for"]
 
 PHASES = ("train", "test")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+[A-Za-z_][A-Za-z0-9_]*")
-# Words the grammar or the evaluator give a meaning of their own.
-_RESERVED = frozenset({"net", "input", "module", "solver", "in", "true", "false"})
 # Positional parameters written without `name=` (the design's `Convolution(96, ...)`, `Pooling(AVE, ...)`).
 _WRITE_POSITIONAL = ("num_output", "pool", "operation")
 # ints parameters whose one-value form equals the default `()`: Caffe's pad 0, stride 1, dilation 1.
@@ -47,9 +47,15 @@ _LINE_WIDTH = 100
 # Values as .net text
 # ---------------------------------------------------------------------------
 
+def _bare(text: str) -> bool:
+    """Whether text may be written unquoted: the grammar's rule, and not a name the
+    evaluator (`true`, `false`) or module expansion (`in`) gives a meaning of its own."""
+    return is_plain_name(text) and text not in CONSTANTS and text != MODULE_INPUT
+
+
 def _name(text: str, avoid: tuple[str, ...] = ()) -> str:
     """A NAME when the text is one (and means nothing else there), else a quoted string."""
-    if _NAME.fullmatch(text) and text not in _RESERVED and text.upper() not in avoid:
+    if _bare(text) and text.upper() not in avoid:
         return text
     return _string(text)
 
@@ -280,7 +286,7 @@ def _find_groups(src, specs: dict[int, LayerType], taken_names: set[str]) -> lis
 
 def _make_group(src, head: str, indices: list[int], taken_names: set[str]) -> _Group | None:
     prefix = head + "/"
-    if not _NAME.fullmatch(head) or head in _RESERVED or head in taken_names:
+    if not _bare(head) or head in taken_names:
         return None
     produced: set[str] = set()
     outside: list[str] = []
@@ -323,7 +329,7 @@ def _signature(src, group: _Group, specs: dict[int, LayerType]) -> None:
 
 def _module_name(prefixes: list[str], taken: set[str]) -> str:
     base = os.path.commonprefix(prefixes).rstrip("_0123456789") or "block"
-    if not _NAME.fullmatch(base) or base in _RESERVED:
+    if not _bare(base):
         base = "block"
     name, n = base, 1
     while name in taken:
@@ -454,8 +460,7 @@ def _solver_text(solver: SolverSpec) -> str:
 
 
 def _solver_value(key: str, value) -> str:
-    p = next(p for p in SOLVER_FIELDS if p.name == key)
-    return _value(p, value)
+    return _value(solver_field(key), value)
 
 
 def _wrap(head: str, args: list[str], tail: str) -> str:

@@ -105,6 +105,25 @@ def _unclosed_bracket(text: str) -> tuple[str, int, int, int] | None:
     return stack[-1] if stack else None
 
 
+@functools.lru_cache(maxsize=1)
+def _bare_name_rule() -> tuple[re.Pattern, re.Pattern, frozenset[str]]:
+    lark = _lark()
+    name = re.compile(lark.get_terminal("NAME").pattern.to_regexp())
+    number = re.compile(lark.get_terminal("NUMBER").pattern.to_regexp())
+    keywords = frozenset(t.pattern.value for t in lark.terminals
+                         if t.pattern.type == "str" and name.fullmatch(t.pattern.value))
+    return name, number, frozenset(keywords)
+
+
+def is_plain_name(text: str) -> bool:
+    """Whether `text` can be written without quotes wherever the grammar takes a name.
+    Read from the grammar itself, so a writer of .net text (netc import) follows it:
+    a NAME that is no keyword (`net`, `input`, ...) and does not also read as a
+    number (`1e5` is a number where numbers are allowed)."""
+    name, number, keywords = _bare_name_rule()
+    return bool(name.fullmatch(text)) and text not in keywords and not number.fullmatch(text)
+
+
 def _syntax_error(err: UnexpectedInput, path: str, text: str) -> NetcError:
     line, col = getattr(err, "line", 1) or 1, getattr(err, "column", 1) or 1
     hint = None

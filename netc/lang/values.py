@@ -28,7 +28,7 @@ class CallValue:
     kwarg_spans: tuple[tuple[str, Span], ...] = ()
 
 
-_CONSTANTS = {"true": True, "false": False}
+CONSTANTS = {"true": True, "false": False}
 
 
 def _number(value, span: Span):
@@ -47,8 +47,8 @@ def evaluate(expr: ast.Expr, env: Mapping[str, Any]) -> Any:
     if isinstance(expr, ast.Ident):
         if expr.name in env:
             return env[expr.name]
-        if expr.name in _CONSTANTS:
-            return _CONSTANTS[expr.name]
+        if expr.name in CONSTANTS:
+            return CONSTANTS[expr.name]
         return Symbol(expr.name, expr.span)
     if isinstance(expr, ast.ListExpr):
         return [evaluate(item, env) for item in expr.items]

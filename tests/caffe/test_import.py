@@ -307,3 +307,23 @@ def test_shared_parameters(tmp_path):
     assert "b: Convolution(data, 2, kernel_size=1, lr_mult=[1, 2], share=[w])" in text.splitlines()
     out = tmp_path / "net.net"
     assert to_json(compile_net(str(out)))["total_params"] == 2 * 2 + 2 + 2    # w once, two biases
+
+
+def test_names_that_would_read_as_numbers_are_quoted(tmp_path):
+    # `1e5` is a NAME at the start of a statement but a number inside arguments
+    path = write(tmp_path, """
+        layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 4 dim: 4 } } }
+        layer { name: "1e5" type: "ReLU" bottom: "data" top: "1e5" }
+        layer { name: "other" type: "ReLU" bottom: "data" top: "other" }
+        layer { name: "sum" type: "Eltwise" bottom: "1e5" bottom: "other" top: "sum" }
+        """)
+    text = round_trip(tmp_path, path)
+    assert 'sum: Eltwise("1e5", other)' in text
+
+
+def test_plain_names_follow_the_grammar():
+    from netc.lang.parser import is_plain_name
+    assert is_plain_name("conv1") and is_plain_name("3x3_reduce")
+    assert not is_plain_name("1e5") and not is_plain_name("12")        # numbers
+    assert not is_plain_name("module") and not is_plain_name("net")    # keywords
+    assert not is_plain_name("conv1/7x7") and not is_plain_name("a b")
