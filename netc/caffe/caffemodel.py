@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from netc.caffe import caffe_pb2
+from netc.caffe.blobproto import blob_dims, blob_values, is_legacy
 from netc.caffe.load import load_caffemodel
 from netc.errors import NetcError
 
@@ -51,19 +52,12 @@ def read_caffemodel_blobs(path) -> dict[str, list[np.ndarray]]:
 
 
 def _blob_array(blob: caffe_pb2.BlobProto, path: str, layer: str, index: int) -> tuple[np.ndarray, bool]:
-    legacy = any(blob.HasField(f) for f in ("num", "channels", "height", "width"))
-    if legacy:
-        shape = (blob.num, blob.channels, blob.height, blob.width)
-    else:
-        shape = tuple(blob.shape.dim)
+    legacy, shape = is_legacy(blob), blob_dims(blob)
     if any(d < 0 for d in shape):
         raise NetcError(f"weights file '{path}': layer '{layer}' blob {index} has a "
                         f"negative dimension {_fmt(shape)}",
                         hint="the file is corrupt; copy or download it again")
-    if len(blob.double_data) > 0:
-        values = np.array(blob.double_data, dtype=np.float64)
-    else:
-        values = np.array(blob.data, dtype=np.float32)
+    values = blob_values(blob)
     count = int(np.prod(shape, dtype=np.int64))
     if values.size != count:
         raise NetcError(f"weights file '{path}': layer '{layer}' blob {index} holds "

@@ -136,17 +136,13 @@ def read_mean_file_shape(path: str | None) -> tuple[int, ...] | None:
     A file that exists but is no BlobProto is an error naming it."""
     if not path or not os.path.isfile(path):
         return None
-    from netc.caffe import caffe_pb2
-    from google.protobuf.message import DecodeError
+    from netc.caffe.blobproto import read_blobproto_dims
+    from netc.errors import NetcError
 
-    blob = caffe_pb2.BlobProto()
     try:
-        with open(path, "rb") as f:
-            blob.ParseFromString(f.read())
-    except (OSError, DecodeError) as err:
-        raise UnknownShape(f"the mean file '{path}' is not a Caffe BlobProto ({err})") from None
-    dims = tuple(blob.shape.dim) if blob.HasField("shape") else (blob.num, blob.channels, blob.height, blob.width)
-    dims = dims[-3:]
+        dims = read_blobproto_dims(path, "mean file")[-3:]
+    except NetcError as err:
+        raise UnknownShape(err.message) from None
     if len(dims) != 3 or any(d < 1 for d in dims):
         raise UnknownShape(f"the mean file '{path}' holds no C×H×W image (its shape is {list(dims)})")
     return dims

@@ -163,7 +163,7 @@ def load_image(path: str, net_path: str, name: str) -> np.ndarray:
         chw = chw - np.asarray(p["mean_value"], dtype=np.float32).reshape(-1, 1, 1)
     elif p.get("mean_file_path"):
         from netc.caffe.blobproto import read_blobproto
-        chw = chw - read_blobproto(p["mean_file_path"]).reshape(chw.shape)
+        chw = chw - read_blobproto(p["mean_file_path"], "mean file").reshape(chw.shape)
     chw = chw[:, top:top + crop_h, left:left + crop_w]
     chw = chw * np.float32(p.get("scale", 1.0))
     return chw[None].astype(np.float32)
