@@ -113,7 +113,6 @@ def inference_case(name: str, path: Path, batch: int, output: str, runs: int):
 
 def lenet_case(runs: int):
     import numpy as np
-    import torch
 
     from netc.compile import compile_net
     from netc.runtime.executor import Executor

@@ -12,7 +12,7 @@ and exits with status 1. Warnings use the same span and formatter.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 

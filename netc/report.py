@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from netc.ir import Net
-from netc.layers import REGISTRY
 
 BYTES_PER_VALUE = 4   # float32
 

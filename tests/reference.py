@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from netc.passes.prune import output_blobs  # noqa: F401  (re-exported for tests)
-
 
 def conv2d(x, w, b, stride, pad, dilation, group):
     n, c, h, wd = x.shape

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from google.protobuf import descriptor_pool, message, text_format
 
@@ -679,8 +678,9 @@ _SOLVER_TYPE_NAMES = {
 }
 
 
-def load_solver_prototxt(path: str) -> tuple[caffe_pb2.SolverParameter, str]:
-    """Parse a solver prototxt; returns the solver and the file's text.
+def load_solver_prototxt(path: str) -> tuple[caffe_pb2.SolverParameter, dict[str, Span]]:
+    """Parse a solver prototxt; returns the solver and where each top-level field
+    is first written (for located errors about its values).
 
     Inline nets (net_param, train_net_param, test_net_param) get the V1
     upgrade, and a deprecated `solver_type` enum is turned into `type`.
@@ -723,7 +723,10 @@ def load_solver_prototxt(path: str) -> tuple[caffe_pb2.SolverParameter, str]:
         solver.type = _SOLVER_TYPE_NAMES[
             caffe_pb2.SolverParameter.SolverType.Name(solver.solver_type)]
         solver.ClearField("solver_type")
-    return solver, text
+    spans: dict[str, Span] = {}
+    for name, tok in scan.top_fields:
+        spans.setdefault(name, _tok_span(path, tok))
+    return solver, spans
 
 
 def load_caffemodel(path: str) -> caffe_pb2.NetParameter:

@@ -338,18 +338,9 @@ def _check_tops(src, i, lp, spec: LayerType, bottoms, tops, blobs) -> None:
 # The solver
 # ---------------------------------------------------------------------------
 
-def _solver_field_spans(path: str, text: str) -> dict[str, Span]:
-    from netc.caffe.load import _scan, _tok_span   # the loader's own scanner
-    spans: dict[str, Span] = {}
-    for name, tok in _scan(text).top_fields:
-        spans.setdefault(name, _tok_span(path, tok))
-    return spans
-
-
 def solver_from_prototxt(path: str) -> SolverSpec:
     """A Caffe solver prototxt as netc's SolverSpec (the fields netc understands)."""
-    solver, text = load_solver_prototxt(path)
-    spans = _solver_field_spans(str(path), text)
+    solver, spans = load_solver_prototxt(path)
     start = Span(str(path), 1, 1)
     fields: dict[str, Any] = {}
     field_spans: dict[str, Span] = {}

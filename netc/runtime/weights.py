@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 
 from netc.ir import Filler, Net
-from netc.layers import REGISTRY
 from netc.runtime.fillers import fill
 
 Weights = dict[str, list[np.ndarray]]

@@ -116,9 +116,11 @@ def test_known_layer_counts_and_names():
 @pytest.mark.parametrize("path", SOLVER_FILES, ids=_ids(SOLVER_FILES))
 def test_every_shared_solver_parses(path):
     assert is_solver_prototxt(path.read_text())
-    solver, text = load_solver_prototxt(str(path))
+    solver, spans = load_solver_prototxt(str(path))
     assert isinstance(solver, caffe_pb2.SolverParameter)
-    assert text == path.read_text()
+    lines = path.read_text().splitlines()
+    line = next(i for i, l in enumerate(lines, 1) if l.startswith("base_lr:"))
+    assert (spans["base_lr"].line, spans["base_lr"].column) == (line, 1)
     assert solver.net.endswith(".prototxt")
     assert solver.base_lr > 0 and solver.max_iter > 0
 

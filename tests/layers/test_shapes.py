@@ -13,7 +13,7 @@ import pytest
 from netc.compile import compile_net
 from netc.errors import NetcError
 from netc.layers import REGISTRY
-from netc.layers.base import ParamError, coerce
+from netc.layers.base import coerce
 from netc.layers.pool import pooled_size
 
 
