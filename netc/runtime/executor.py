@@ -84,6 +84,7 @@ class Executor:
         self.diffs: dict = {}
         # also compute gradients of blobs nothing learnable depends on (the inputs): for gradient checks
         self.force_backward = False
+        self._learning_layers, self._learned_blobs = self._depends_on_weights()
         # layer name → seconds spent in its forward and backward, when profiling (bench/)
         self.profile: dict[str, float] | None = None
 
@@ -103,13 +104,8 @@ class Executor:
             else:
                 bottoms = [self.blobs[b] for b in layer.bottoms]
                 state = {"ntops": len(layer.tops)}
-                started = time.perf_counter() if self.profile is not None else 0.0
-                try:
-                    tops = spec.forward(dict(layer.params), bottoms, self.weights.get(layer.name, []), ctx, state)
-                except NetcError as err:
-                    raise _located(err, layer) from None
-                if self.profile is not None:
-                    self.profile[layer.name] = self.profile.get(layer.name, 0.0) + time.perf_counter() - started
+                tops = self._call(layer, spec.forward, dict(layer.params), bottoms,
+                                  self.weights.get(layer.name, []), ctx, state)
                 self.records[layer.name] = _Record(bottoms, tops, state)
             for i, (name, value) in enumerate(zip(layer.tops, tops)):
                 self.blobs[name] = value
@@ -140,10 +136,11 @@ class Executor:
             top = layer.tops[i]
             seed = xp.full(self.net.blob_shapes[top], w, dtype=self.dtype)
             diffs[top] = diffs[top] + seed if top in diffs else seed
-        needs = self._needs_gradient()
         grads: dict[str, list] = {}
         for layer in reversed(self.net.layers):
-            if layer.name not in self.records or not needs[layer.name]:
+            if layer.name not in self.records:
+                continue
+            if not (self.force_backward or layer.name in self._learning_layers):
                 continue
             record = self.records[layer.name]
             top_diffs = [diffs.pop(t, None) for t in layer.tops]
@@ -152,11 +149,9 @@ class Executor:
             top_diffs = [d if d is not None else xp.zeros_like(v) for d, v in zip(top_diffs, record.tops)]
             spec = REGISTRY[layer.type]
             need = [self._blob_needs_gradient(b) for b in layer.bottoms]
-            started = time.perf_counter() if self.profile is not None else 0.0
-            bottom_diffs, weight_diffs = spec.backward(dict(layer.params), record.bottoms, record.tops, top_diffs,
-                                                       self.weights.get(layer.name, []), self.ctx, record.state, need)
-            if self.profile is not None:
-                self.profile[layer.name] = self.profile.get(layer.name, 0.0) + time.perf_counter() - started
+            bottom_diffs, weight_diffs = self._call(layer, spec.backward, dict(layer.params), record.bottoms,
+                                                    record.tops, top_diffs, self.weights.get(layer.name, []),
+                                                    self.ctx, record.state, need)
             for name, diff in zip(layer.bottoms, bottom_diffs):
                 if diff is not None:
                     diffs[name] = diffs[name] + diff if name in diffs else diff
@@ -165,18 +160,29 @@ class Executor:
         self.diffs = diffs
         return _sum_shared(grads, self.weights)
 
-    def _needs_gradient(self) -> dict[str, bool]:
-        """A layer runs backward when it has weights or something before it does
-        (Caffe's need_backward), so an inference-only prefix is skipped."""
-        produced_by_learner: set[str] = set()
-        out = {}
+    def _call(self, layer, method, *args):
+        """A layer's forward or backward: a run-time NetcError it raises is located at
+        the layer, and its time is added to the profile when profiling."""
+        started = time.perf_counter() if self.profile is not None else 0.0
+        try:
+            return method(*args)
+        except NetcError as err:
+            raise _located(err, layer) from None
+        finally:
+            if self.profile is not None:
+                self.profile[layer.name] = self.profile.get(layer.name, 0.0) + time.perf_counter() - started
+
+    def _depends_on_weights(self) -> tuple[set[str], set[str]]:
+        """The layers that have weights or read something computed from them, and the
+        blobs those write: only they need backward (Caffe's need_backward), so an
+        inference-only prefix, such as the data layers, is skipped."""
+        layers: set[str] = set()
+        blobs: set[str] = set()
         for layer in self.net.layers:
-            learns = bool(self.weights.get(layer.name)) or any(b in produced_by_learner for b in layer.bottoms)
-            out[layer.name] = learns or self.force_backward
-            if learns:
-                produced_by_learner.update(layer.tops)
-        self._learned_blobs = produced_by_learner
-        return out
+            if self.weights.get(layer.name) or any(b in blobs for b in layer.bottoms):
+                layers.add(layer.name)
+                blobs.update(layer.tops)
+        return layers, blobs
 
     def _blob_needs_gradient(self, blob: str) -> bool:
         return self.force_backward or blob in self._learned_blobs
