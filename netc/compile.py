@@ -26,6 +26,11 @@ def build_ir(path: str, phase: str = "test") -> Net:
     return expand(parse_file(path), phase)
 
 
+def check_ir(ir: Net, overrides: Mapping[str, Shape] | None = None) -> Net:
+    """Shapes inferred, warnings collected, for IR already built."""
+    return lint(infer_shapes(ir, overrides))
+
+
 def compile_net(path: str, phase: str = "test", overrides: Mapping[str, Shape] | None = None) -> Net:
     """A checked net: shapes inferred, warnings collected. Raises NetcError on a mistake."""
-    return lint(infer_shapes(build_ir(path, phase), overrides))
+    return check_ir(build_ir(path, phase), overrides)

@@ -16,22 +16,24 @@ def prune_to_available(net: Net, given: set[str]) -> Net:
     available: set[str] = set()
     kept = []
     for layer in net.layers:
-        if not layer.bottoms:
-            if layer.type == "DummyData":
-                kept.append(layer)
-                available.update(layer.tops)
-            elif any(t in given for t in layer.tops):
-                # a source fed in part (data without label) keeps the tops that are fed
-                layer = replace(layer, tops=tuple(t for t in layer.tops if t in given))
-                kept.append(layer)
-                available.update(layer.tops)
+        if not layer.bottoms and layer.type != "DummyData":
+            if not any(t in given for t in layer.tops):
+                continue
+            # a source fed in part (data without label) keeps the tops that are fed
+            layer = replace(layer, tops=tuple(t for t in layer.tops if t in given))
+        elif not all(b in available for b in layer.bottoms):
             continue
-        if all(b in available for b in layer.bottoms):
-            kept.append(layer)
-            available.update(layer.tops)
+        kept.append(layer)
+        available.update(layer.tops)
+    return _keep(net, kept)
+
+
+def _keep(net: Net, kept: list) -> Net:
+    """The net of just these layers, with the shapes and infos that remain."""
     names = {l.name for l in kept}
+    produced = {t for l in kept for t in l.tops}
     return replace(net, layers=tuple(kept),
-                   blob_shapes=frozen({b: s for b, s in net.blob_shapes.items() if b in available}),
+                   blob_shapes=frozen({b: s for b, s in net.blob_shapes.items() if b in produced}),
                    layer_info=frozen({n: i for n, i in net.layer_info.items() if n in names}))
 
 
@@ -57,8 +59,4 @@ def prune_to_outputs(net: Net, wanted: list[str]) -> Net:
             kept.append(layer)
             needed.update(layer.bottoms)
     kept.reverse()
-    names = {l.name for l in kept}
-    produced = {t for l in kept for t in l.tops}
-    return replace(net, layers=tuple(kept),
-                   blob_shapes=frozen({b: s for b, s in net.blob_shapes.items() if b in produced}),
-                   layer_info=frozen({n: i for n, i in net.layer_info.items() if n in names}))
+    return _keep(net, kept)

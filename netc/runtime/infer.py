@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from netc.compile import build_ir, compile_net
+from netc.compile import build_ir, check_ir
 from netc.errors import NetcError, did_you_mean
 from netc.ir import Net
 from netc.passes.prune import output_blobs, prune_to_available, prune_to_outputs
@@ -39,12 +39,8 @@ def load_array(path: str) -> np.ndarray:
                         "inputs are .npy files (numpy.save), or images") from None
 
 
-def declared_batch(path: str, name: str) -> int | None:
+def declared_batch(ir: Net, name: str) -> int | None:
     """The batch the file itself gives the input `name`: an Input's shape or a source's batch_size."""
-    try:
-        ir = build_ir(path, "test")
-    except NetcError:
-        return None
     for layer in ir.layers:
         if name in layer.tops and not layer.bottoms:
             if layer.type == "Input" and layer.params["shape"]:
@@ -65,11 +61,11 @@ def prepare(path: str, inputs: dict[str, np.ndarray], batch: int | None) -> tupl
         raise NetcError("the inputs disagree on the number of examples: " +
                         ", ".join(f"{k} has {v}" for k, v in totals.items()), None,
                         "every input's first axis is the batch")
-    first = next(iter(inputs))
-    chunk = batch or declared_batch(path, first) or total
+    ir = build_ir(path, "test")
+    chunk = batch or declared_batch(ir, next(iter(inputs))) or total
     chunk = max(1, min(chunk, total))
     overrides = {name: (chunk,) + tuple(a.shape[1:]) for name, a in inputs.items()}
-    net = compile_net(path, "test", overrides)
+    net = check_ir(ir, overrides)
     return prune_to_available(net, set(inputs)), chunk, total
 
 
