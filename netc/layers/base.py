@@ -261,6 +261,14 @@ def register(cls: type[LayerType]) -> type[LayerType]:
     return cls
 
 
+def canonical_axis(axis: int, shape: Shape, param: str = "axis") -> int:
+    """Caffe's CanonicalAxisIndex: a negative axis counts from the end."""
+    real = axis + len(shape) if axis < 0 else axis
+    if not 0 <= real < len(shape):
+        raise ShapeError(f"{param} {axis} is out of range for shape {list(shape)}", param=param, bottom=0)
+    return real
+
+
 def count(shape: Shape) -> int:
     return math.prod(shape)
 

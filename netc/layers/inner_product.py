@@ -1,7 +1,7 @@
 """InnerProduct (fully connected): flattens from `axis` and multiplies by a [num_output, K] matrix."""
 from __future__ import annotations
 
-from netc.layers.base import LEARNABLE_PARAMS, REQUIRED, LayerType, Param, ShapeError, count, register
+from netc.layers.base import LEARNABLE_PARAMS, REQUIRED, canonical_axis, count, LayerType, Param, register
 
 
 @register
@@ -18,25 +18,17 @@ class InnerProduct(LayerType):
     message = "inner_product_param"
     learnable = True
 
-    @staticmethod
-    def _axis(p, shape) -> int:
-        axis = p["axis"] + len(shape) if p["axis"] < 0 else p["axis"]
-        if not 0 <= axis < len(shape):
-            raise ShapeError(f"axis {p['axis']} is out of range for an input of shape {list(shape)}",
-                             param="axis", bottom=0)
-        return axis
-
     def infer(self, p, bottoms, ntops):
-        axis = self._axis(p, bottoms[0])
+        axis = canonical_axis(p["axis"], bottoms[0])
         return [bottoms[0][:axis] + (p["num_output"],)]
 
     def param_shapes(self, p, bottoms):
-        k = count(bottoms[0][self._axis(p, bottoms[0]):])
+        k = count(bottoms[0][canonical_axis(p["axis"], bottoms[0]):])
         weight = (k, p["num_output"]) if p["transpose"] else (p["num_output"], k)
         return [weight, (p["num_output"],)] if p["bias_term"] else [weight]
 
     def macs(self, p, bottoms, tops):
-        axis = self._axis(p, bottoms[0])
+        axis = canonical_axis(p["axis"], bottoms[0])
         return count(bottoms[0][:axis]) * count(bottoms[0][axis:]) * p["num_output"]
 
     # --- running ------------------------------------------------------------------
@@ -46,7 +38,7 @@ class InnerProduct(LayerType):
 
     def forward(self, p, bottoms, weights, ctx, state):
         x = bottoms[0]
-        axis = self._axis(p, x.shape)
+        axis = canonical_axis(p["axis"], x.shape)
         m = count(x.shape[:axis])
         x2 = x.reshape(m, -1)
         w = weights[0]
@@ -57,7 +49,7 @@ class InnerProduct(LayerType):
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         x = bottoms[0]
-        axis = self._axis(p, x.shape)
+        axis = canonical_axis(p["axis"], x.shape)
         m = count(x.shape[:axis])
         x2 = x.reshape(m, -1)
         dy = top_diffs[0].reshape(m, p["num_output"])

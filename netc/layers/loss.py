@@ -9,7 +9,7 @@ Labels arrive as float arrays holding integers; they get no gradient.
 from __future__ import annotations
 
 from netc.errors import NetcError
-from netc.layers.base import LayerType, Param, ShapeError, count, register
+from netc.layers.base import canonical_axis, count, LayerType, Param, register, ShapeError
 
 _LOSS_PARAMS = (
     Param("ignore_label", "int", None, message="loss_param"),
@@ -62,12 +62,6 @@ def _labels(xp, labels, outer: int, inner: int):
     return labels.reshape(outer, inner).astype(xp.int64)
 
 
-def _axis(axis: int, shape, param="axis") -> int:
-    real = axis + len(shape) if axis < 0 else axis
-    if not 0 <= real < len(shape):
-        raise ShapeError(f"axis {axis} is out of range for shape {list(shape)}", param=param, bottom=0)
-    return real
-
 
 def _check_labels(scores, labels, axis: int, what: str):
     outer, inner = count(scores[:axis]), count(scores[axis + 1:])
@@ -87,18 +81,18 @@ class Softmax(LayerType):
     message = "softmax_param"
 
     def infer(self, p, bottoms, ntops):
-        _axis(p["axis"], bottoms[0])
+        canonical_axis(p["axis"], bottoms[0])
         return [bottoms[0]]
 
     # y = e^(x − max) / Σ e^(x − max) along axis;  ∂x = (∂y − Σ ∂y·y)·y
     def forward(self, p, bottoms, weights, ctx, state):
         x = bottoms[0]
-        return [_softmax(ctx.xp, x, _axis(p["axis"], x.shape))]
+        return [_softmax(ctx.xp, x, canonical_axis(p["axis"], x.shape))]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         if not need[0]:
             return [None], []
-        return [_softmax_backward(tops[0], top_diffs[0], _axis(p["axis"], tops[0].shape))], []
+        return [_softmax_backward(tops[0], top_diffs[0], canonical_axis(p["axis"], tops[0].shape))], []
 
 
 @register
@@ -111,7 +105,7 @@ class SoftmaxWithLoss(LayerType):
     is_loss = True
 
     def infer(self, p, bottoms, ntops):
-        axis = _axis(p["axis"], bottoms[0])
+        axis = canonical_axis(p["axis"], bottoms[0])
         _check_labels(bottoms[0], bottoms[1], axis, "SoftmaxWithLoss")
         return [()] + [bottoms[0]] * (ntops - 1)
 
@@ -121,7 +115,7 @@ class SoftmaxWithLoss(LayerType):
     def forward(self, p, bottoms, weights, ctx, state):
         xp = ctx.xp
         x = bottoms[0]
-        axis = _axis(p["axis"], x.shape)
+        axis = canonical_axis(p["axis"], x.shape)
         outer, classes, inner = count(x.shape[:axis]), x.shape[axis], count(x.shape[axis + 1:])
         prob = _softmax(xp, x, axis)
         prob3 = prob.reshape(outer, classes, inner)
@@ -252,7 +246,7 @@ class Accuracy(LayerType):
     num_tops = (1, 2)   # the second top is the per-class accuracy
 
     def infer(self, p, bottoms, ntops):
-        axis = _axis(p["axis"], bottoms[0])
+        axis = canonical_axis(p["axis"], bottoms[0])
         classes = bottoms[0][axis]
         if p["top_k"] > classes:
             raise ShapeError(f"top_k ({p['top_k']}) is more than the {classes} classes", param="top_k")
@@ -266,7 +260,7 @@ class Accuracy(LayerType):
     def forward(self, p, bottoms, weights, ctx, state):
         xp = ctx.xp
         x = bottoms[0]
-        axis = _axis(p["axis"], x.shape)
+        axis = canonical_axis(p["axis"], x.shape)
         outer, classes, inner = count(x.shape[:axis]), x.shape[axis], count(x.shape[axis + 1:])
         scores = x.reshape(outer, classes, inner)
         labels = _labels(xp, bottoms[1], outer, inner)

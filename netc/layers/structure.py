@@ -2,14 +2,8 @@
 Concat, Slice, Split, Flatten, Reshape, Eltwise."""
 from __future__ import annotations
 
-from netc.layers.base import LayerType, Param, ParamError, ShapeError, count, register
+from netc.layers.base import canonical_axis, count, LayerType, Param, ParamError, register, ShapeError
 
-
-def _axis(axis: int, shape, param="axis") -> int:
-    real = axis + len(shape) if axis < 0 else axis
-    if not 0 <= real < len(shape):
-        raise ShapeError(f"axis {axis} is out of range for shape {list(shape)}", param=param, bottom=0)
-    return real
 
 
 @register
@@ -27,7 +21,7 @@ class Concat(LayerType):
 
     def infer(self, p, bottoms, ntops):
         first = bottoms[0]
-        axis = _axis(p["axis"], first)
+        axis = canonical_axis(p["axis"], first)
         total = first[axis]
         for i, shape in enumerate(bottoms[1:], start=1):
             if len(shape) != len(first):
@@ -44,11 +38,11 @@ class Concat(LayerType):
         return [first[:axis] + (total,) + first[axis + 1:]]
 
     def forward(self, p, bottoms, weights, ctx, state):
-        axis = _axis(p["axis"], bottoms[0].shape)
+        axis = canonical_axis(p["axis"], bottoms[0].shape)
         return [ctx.xp.concatenate(bottoms, axis=axis)]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
-        axis = _axis(p["axis"], bottoms[0].shape)
+        axis = canonical_axis(p["axis"], bottoms[0].shape)
         dy, out, start = top_diffs[0], [], 0
         for b, wanted in zip(bottoms, need):
             size = b.shape[axis]
@@ -76,7 +70,7 @@ class Slice(LayerType):
 
     def infer(self, p, bottoms, ntops):
         shape = bottoms[0]
-        axis = _axis(p["axis"], shape)
+        axis = canonical_axis(p["axis"], shape)
         size, points = shape[axis], p["slice_point"]
         if points:
             if len(points) != ntops - 1:
@@ -96,7 +90,7 @@ class Slice(LayerType):
 
     def forward(self, p, bottoms, weights, ctx, state):
         x = bottoms[0]
-        axis = _axis(p["axis"], x.shape)
+        axis = canonical_axis(p["axis"], x.shape)
         points = p["slice_point"]
         if not points:   # an even split into as many pieces as the layer has tops
             n = state["ntops"]
@@ -108,7 +102,7 @@ class Slice(LayerType):
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         if not need[0]:
             return [None], []
-        axis = _axis(p["axis"], bottoms[0].shape)
+        axis = canonical_axis(p["axis"], bottoms[0].shape)
         return [ctx.xp.concatenate(top_diffs, axis=axis)], []
 
 
@@ -157,8 +151,8 @@ class Flatten(_ViewOfInput):
 
     def infer(self, p, bottoms, ntops):
         shape = bottoms[0]
-        start = _axis(p["axis"], shape)
-        end = _axis(p["end_axis"], shape, "end_axis")
+        start = canonical_axis(p["axis"], shape)
+        end = canonical_axis(p["end_axis"], shape, "end_axis")
         if end < start:
             raise ShapeError(f"end_axis ({p['end_axis']}) comes before axis ({p['axis']})", param="end_axis")
         return [shape[:start] + (count(shape[start:end + 1]),) + shape[end + 1:]]
