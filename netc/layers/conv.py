@@ -161,13 +161,6 @@ def _columns_batch_major(xp, x, geo, groups: int, n: int):
         return _batch_major(x, groups)
     return im2col(xp, x, geo, "C").reshape(groups, geo.rows // groups, -1)
 
-
-def _col2im_batch_major(xp, dcol, geo, n: int):
-    """The adjoint of _columns_batch_major: (G, Kg, N·OH·OW) → (N, C, H, W)."""
-    if geo.one_by_one:
-        return _from_batch_major(xp, dcol, n, geo.h, geo.w)
-    return col2im(xp, dcol, geo, n, "C")
-
 _CONV_PARAMS = (
     Param("num_output", "int", REQUIRED, minimum=1, doc="output channels"),
     Param("bias_term", "bool", True),
