@@ -161,6 +161,7 @@ def _columns_batch_major(xp, x, geo, groups: int, n: int):
         return _batch_major(x, groups)
     return im2col(xp, x, geo, "C").reshape(groups, geo.rows // groups, -1)
 
+
 _CONV_PARAMS = (
     Param("num_output", "int", REQUIRED, minimum=1, doc="output channels"),
     Param("bias_term", "bool", True),
