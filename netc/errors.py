@@ -60,11 +60,6 @@ class NetcError(Exception):
     def hint(self) -> str | None:
         return self.diagnostic.hint
 
-    def with_trace(self, note: str, span: Span) -> "NetcError":
-        d = self.diagnostic
-        err = NetcError(d.message, d.span, d.hint, d.trace + ((note, span),))
-        return err
-
     def __str__(self) -> str:
         return format_diagnostic(self.diagnostic)
 

@@ -28,15 +28,6 @@ class Filler:
     variance_norm: str = "FAN_IN"
     sparse: int = -1
 
-    def describe(self) -> str:
-        if self.type == "constant":
-            return f"constant({self.value:g})"
-        if self.type == "gaussian":
-            return f"gaussian(std={self.std:g})" + (f", mean={self.mean:g}" if self.mean else "")
-        if self.type == "uniform":
-            return f"uniform(min={self.min:g}, max={self.max:g})"
-        return self.type
-
 
 @dataclass(frozen=True)
 class ParamSpec:

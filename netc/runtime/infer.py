@@ -96,7 +96,7 @@ def run_inference(path: str, inputs: dict[str, np.ndarray], weights=None, blobs:
             feeds[name] = part
         values = executor.forward(feeds)
         for name in wanted:
-            value = np.asarray(values[name])
+            value = executor.backend.to_numpy(values[name])
             outputs[name].append(value[: stop - start] if value.ndim and value.shape[0] == chunk else value)
     return {name: np.concatenate(parts) if parts[0].ndim else parts[-1] for name, parts in outputs.items()}
 
