@@ -299,5 +299,3 @@ LEARNABLE_PARAMS = (
     Param("weight_filler", "filler", Filler(), aliases=("weight",), doc="how weights are initialised"),
     Param("bias_filler", "filler", Filler(), aliases=("bias",), doc="how biases are initialised"),
 )
-
-Validator = Callable[[dict], dict]
