@@ -68,18 +68,22 @@ def warning(message: str, span: Span | None = None, hint: str | None = None) -> 
     return Diagnostic(message, span, hint, "warning")
 
 
-def _source_line(path: str, line: int) -> str | None:
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
+def _source_line(path: str, line: int, sources: dict[str, str] | None) -> str | None:
+    text = None
+    if sources is not None and path in sources:
+        text = sources[path]
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
     lines = text.splitlines()
     if 1 <= line <= len(lines):
         return lines[line - 1]
     return None
 
 
-def format_diagnostic(d: Diagnostic) -> str:
+def format_diagnostic(d: Diagnostic, sources: dict[str, str] | None = None) -> str:
     """Render as `file:line:col: error: msg`, the source line, a caret, trace and hint."""
     out = []
     head = f"{d.severity}: {d.message}"
@@ -87,7 +91,7 @@ def format_diagnostic(d: Diagnostic) -> str:
         out.append(f"netc: {head}")
     else:
         out.append(f"{d.span}: {head}")
-        src = _source_line(d.span.file, d.span.line)
+        src = _source_line(d.span.file, d.span.line, sources)
         if src is not None:
             src = src.expandtabs(1)
             col = max(d.span.column, 1)
