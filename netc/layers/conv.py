@@ -15,31 +15,41 @@ from __future__ import annotations
 
 from netc.layers.base import (LEARNABLE_PARAMS, REQUIRED, LayerType, Param, ParamError, ShapeError,
                               register, spatial_pair)
-from netc.layers.im2col import col2im, conv_geometry, im2col, workspace
+from netc.layers.im2col import col2im, conv_geometry, im2col, padded_batch_last, workspace
+from netc.layers.memory_order import as_blob, batch_last, to_batch_last
 from netc.runtime.threads import split, split_gemms
 
 # How Convolution lays out its column matrix (netc.layers.im2col), by output size:
-#  - output rows shorter than this (and a batch): layout "T", batch last. NumPy's copy
-#    loops run over OW·N contiguous values instead of OW, which makes im2col and
-#    col2im several times faster on small maps (LeNet's conv2, 8×8; AlexNet's 13×13);
-#    the price, transposing x, y and dy to and from (C, H, W, N), is small there.
+#  - output rows shorter than this (and a batch), or an input already ordered batch-last
+#    (netc.layers.memory_order): layout "T", batch last. NumPy's copy loops run over
+#    OW·N contiguous values instead of OW, which makes im2col and col2im several times
+#    faster on small maps (LeNet's, 8×8 to 24×24; AlexNet's 13×13). The output and the
+#    input's gradient stay batch-last for the layers around it; only an input ordered
+#    (N, C, H, W) is transposed, once;
 #  - output maps smaller than _BATCHED_GEMM_BELOW pixels per image: layout "C", one
 #    GEMM over the whole batch;
 #  - larger maps: layout "N", one GEMM per image that writes NCHW directly, which
 #    saves transposing a large output.
 # Backward makes the weight gradient with one GEMM over the whole batch ("T", "C"),
 # or, in layout "N", one per image summed afterwards (see Convolution.backward).
-_BATCH_LAST_BELOW_OW = 16
+_BATCH_LAST_BELOW_OW = 32
 _BATCHED_GEMM_BELOW = 400
 # Backward in layout "N" keeps one weight gradient per image before summing them:
 # above this many elements (N·Co·C·kh·kw) it uses layout "C" instead.
 _PER_IMAGE_WEIGHT_GRADIENTS_MAX = 4 << 20
+# A weight gradient of at most this many elements per group, summed over a long batch
+# (LeNet's conv1: 20×25 over 64·24·24 pixels), is made as one GEMM per output row (or
+# image) and a sum: OpenBLAS runs one GEMM of that shape 2-3x slower.
+_SMALL_WEIGHT_GRADIENT = 8192
 
 
-def _layout(geo, n: int, co: int = 0, backward: bool = False) -> str:
+def _layout(geo, n: int, co: int = 0, backward: bool = False, x=None) -> str:
+    """The column layout for input x (N, C, H, W); "1": a 1×1 convolution of an input
+    ordered (N, C, H, W), which is its own column matrix per image."""
+    ordered_batch_last = batch_last(x) is not None
     if geo.one_by_one:
-        return "1"
-    if n > 1 and geo.ow < _BATCH_LAST_BELOW_OW:
+        return "T" if ordered_batch_last else "1"
+    if n > 1 and (geo.ow < _BATCH_LAST_BELOW_OW or ordered_batch_last):
         return "T"
     if n > 1 and geo.oh * geo.ow < _BATCHED_GEMM_BELOW:
         return "C"
@@ -67,13 +77,12 @@ def _from_batch_major(xp, a, n: int, h: int, w: int):
     return xp.ascontiguousarray(a.reshape(g * m, n, h, w).transpose(1, 0, 2, 3))
 
 
-def _to_nchw(xp, r, bias, n: int, oh: int, ow: int, layout: str):
-    """A batched GEMM's result r (Co, ...) in layout "C" (Co, N, OH, OW) or "T"
-    (Co, OH, OW, N) as a new (N, Co, OH, OW) array, the bias added on the way;
-    split over channels across threads (NumPy)."""
+def _to_nchw(xp, r, bias, n: int, oh: int, ow: int):
+    """A batched GEMM's result r (Co, ...) in layout "C" (Co, N, OH, OW) as a new
+    (N, Co, OH, OW) array, the bias added on the way; split over channels across
+    threads (NumPy)."""
     co = r.shape[0]
-    src = (r.reshape(co, n, oh, ow).transpose(1, 0, 2, 3) if layout == "C"
-           else r.reshape(co, oh, ow, n).transpose(3, 0, 1, 2))
+    src = r.reshape(co, n, oh, ow).transpose(1, 0, 2, 3)
     y = xp.empty((n, co, oh, ow), dtype=r.dtype)
 
     def run(a, b):
@@ -88,14 +97,13 @@ def _to_nchw(xp, r, bias, n: int, oh: int, ow: int, layout: str):
 
 def _from_nchw(xp, dy, layout: str):
     """dy (N, Co, OH, OW) in a batched GEMM's layout, (Co, N·OH·OW) for "C" or
-    (Co, OH·OW·N) for "T": a workspace (valid during this layer's backward)."""
+    (Co, OH·OW·N) for "T": dy's own memory when it is ordered so, else a workspace
+    (valid during this layer's backward)."""
     n, co, oh, ow = dy.shape
-    if layout == "C":
-        out = workspace(xp, (co, n, oh, ow), dy.dtype, "dy")
-        view = dy.transpose(1, 0, 2, 3)
-    else:
-        out = workspace(xp, (co, oh, ow, n), dy.dtype, "dy")
-        view = dy.transpose(1, 2, 3, 0)
+    if layout == "T":
+        return to_batch_last(xp, dy, out=workspace(xp, (co, oh, ow, n), dy.dtype, "dy")).reshape(co, -1)
+    out = workspace(xp, (co, n, oh, ow), dy.dtype, "dy")
+    view = dy.transpose(1, 0, 2, 3)
 
     def run(a, b):
         out[a:b] = view[a:b]
@@ -110,11 +118,18 @@ def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, keep: dict | None 
     co = wts.shape[0]
     wmat = wts.reshape(groups, co // groups, -1)
     kg, pix = geo.rows // groups, geo.oh * geo.ow
-    layout = _layout(geo, n)
-    if layout in ("C", "T"):
+    layout = _layout(geo, n, x=x)
+    if layout == "T":
+        # the GEMM's result (Co, OH·OW·N) is the output, ordered batch-last
+        cols = _columns(xp, x, geo, layout, keep).reshape(groups, kg, n * pix)
+        r = xp.matmul(wmat, cols).reshape(co, -1)
+        if bias is not None:
+            r += bias.reshape(co, 1)
+        return as_blob(r.reshape(co, geo.oh, geo.ow, n))
+    if layout == "C":
         cols = _columns(xp, x, geo, layout, keep).reshape(groups, kg, n * pix)
         r = xp.matmul(wmat, cols, out=workspace(xp, (groups, co // groups, n * pix), x.dtype, "gemm"))
-        return _to_nchw(xp, r.reshape(co, -1), bias, n, geo.oh, geo.ow, layout)
+        return _to_nchw(xp, r.reshape(co, -1), bias, n, geo.oh, geo.ow)
     if layout == "1":
         y = xp.matmul(wmat, x.reshape(n, groups, kg, pix)).reshape(n, co, geo.oh, geo.ow)
         if bias is not None:
@@ -138,10 +153,27 @@ def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, keep: dict | None 
     return y
 
 
+def _weight_gradient(xp, dy_b, cols, pieces: int):
+    """Σ over the batch dy_b·colsᵀ: dy_b (G, Co/g, L), cols (G, C/g·kh·kw, L) → (G, Co/g,
+    C/g·kh·kw). pieces > 1: as that many GEMMs over equal parts of L, then summed."""
+    if pieces > 1:
+        g, m, length = dy_b.shape
+        part = length // pieces
+        dy_p = dy_b.reshape(g, m, pieces, part).transpose(0, 2, 1, 3)
+        cols_p = cols.reshape(g, cols.shape[1], pieces, part).transpose(0, 2, 3, 1)
+        return xp.matmul(dy_p, cols_p).sum(axis=1)
+    # One GEMM, computed transposed (colsᵀ·dy_bᵀ)ᵀ: both operands then stream along
+    # their contiguous rows, which OpenBLAS runs ~25% faster than dy_b·colsᵀ (LeNet's conv2).
+    return xp.matmul(cols, dy_b.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+
 def _columns(xp, x, geo, layout: str, keep: dict | None):
     """im2col(x) in `layout`. A training forward passes its state as `keep`: the columns
     are then a new array left there for the backward's weight gradient, which need not
-    make them again (_kept_columns); costs their memory (Caffe makes them twice)."""
+    make them again (_kept_columns); costs their memory (Caffe makes them twice).
+    A 1×1 convolution's columns in layout "T" are its input itself."""
+    if geo.one_by_one and layout == "T":
+        return padded_batch_last(xp, x, geo)
     if keep is None:
         return im2col(xp, x, geo, layout)
     cols = im2col(xp, x, geo, layout, out=xp.empty(geo.rows * x.shape[0] * geo.oh * geo.ow, dtype=x.dtype))
@@ -260,7 +292,7 @@ class Convolution(_ConvolutionBase):
         cog = co // groups
         geo = self._geometry(p, x)
         kg, pix = geo.rows // groups, geo.oh * geo.ow
-        layout = _layout(geo, n, co, backward=True)
+        layout = _layout(geo, n, co, backward=True, x=x)
         if layout == "N":
             # Large maps and a small weight (LeNet's conv1): one GEMM per image, on dy
             # as it is and the forward's column layout, then a sum over the batch; with
@@ -291,17 +323,17 @@ class Convolution(_ConvolutionBase):
         else:
             dy_b = _from_nchw(xp, dy, layout).reshape(groups, cog, -1)
             cols = _kept_columns(state, layout)
-            cols = (im2col(xp, x, geo, layout) if cols is None else cols).reshape(groups, kg, -1)
-        # The weight gradient summed over the batch by one GEMM, computed transposed
-        # (colsᵀ·dy_bᵀ)ᵀ: both operands then stream along their contiguous rows, which
-        # OpenBLAS runs ~25% faster than dy_b·colsᵀ (LeNet's conv2).
-        dw = xp.matmul(cols, dy_b.transpose(0, 2, 1)).transpose(0, 2, 1).reshape(wts.shape)
+            cols = (_columns(xp, x, geo, layout, None) if cols is None else cols).reshape(groups, kg, -1)
+        pieces = (geo.oh if layout == "T" else n) if cog * kg <= _SMALL_WEIGHT_GRADIENT else 1
+        dw = _weight_gradient(xp, dy_b, cols, pieces).reshape(wts.shape)
         grads = [dw] + ([dy_b.reshape(co, -1).sum(axis=1)] if p["bias_term"] else [])
         dx = None
         if need[0]:
             wmat = wts.reshape(groups, cog, -1)
             if layout == "1":
                 dx = _from_batch_major(xp, xp.matmul(wmat.transpose(0, 2, 1), dy_b), n, geo.h, geo.w)
+            elif geo.one_by_one:     # layout "T": the GEMM's result is dx, batch-last
+                dx = as_blob(xp.matmul(wmat.transpose(0, 2, 1), dy_b).reshape(geo.c, geo.h, geo.w, n))
             else:
                 dcol = workspace(xp, cols.shape, dy.dtype, "dcol")
                 dx = col2im(xp, xp.matmul(wmat.transpose(0, 2, 1), dy_b, out=dcol), geo, n, layout)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy
 
+from netc.layers.memory_order import as_blob, batch_last
 from netc.runtime.threads import split
 
 # NumPy: the column matrix is written into one reused buffer per thread (Caffe keeps a
@@ -115,10 +116,14 @@ def padded(xp, x, g: Geometry):
     return buf
 
 
-def batch_last(xp, x, g: Geometry, slot: str = "xt"):
-    """x (N, C, H, W) as (C, Hb, Wb, N), zero-padded as `padded` does: a workspace."""
+def padded_batch_last(xp, x, g: Geometry, slot: str = "xt"):
+    """x (N, C, H, W) as (C, Hb, Wb, N), zero-padded as `padded` does: x's own memory
+    when it is ordered batch-last and needs no padding, else a workspace."""
     n, c, h, w = x.shape
     hb, wb = max(g.span_h(), g.ph + h), max(g.span_w(), g.pw + w)
+    source = batch_last(x)
+    if source is not None and (hb, wb) == (h, w):
+        return source
     xt = workspace(xp, (c, hb, wb, n), x.dtype, slot)
     # zero only the padding: the rest is overwritten (the workspace holds old data)
     if g.ph:
@@ -129,9 +134,11 @@ def batch_last(xp, x, g: Geometry, slot: str = "xt"):
         xt[:, :, :g.pw] = 0
     if wb > g.pw + w:
         xt[:, :, g.pw + w:] = 0
+    if source is None:
+        source = x.transpose(1, 2, 3, 0)
 
     def run(a, b):
-        xt[a:b, g.ph:g.ph + h, g.pw:g.pw + w] = x[:, a:b].transpose(1, 2, 3, 0)
+        xt[a:b, g.ph:g.ph + h, g.pw:g.pw + w] = source[a:b]
 
     split(xp, c, x.size, run)
     return xt
@@ -144,7 +151,7 @@ def im2col(xp, x, g: Geometry, layout: str = "N", out=None):
     an array the caller may keep). The copy is split over channels across threads (NumPy)."""
     n = x.shape[0]
     if layout == "T":
-        xb = batch_last(xp, x, g)
+        xb = padded_batch_last(xp, x, g)
         s_c, s_h, s_w, s_n = xb.strides
         shape = (g.c, g.kh, g.kw, g.oh, g.ow, n)
         strides = (s_c, g.dh * s_h, g.dw * s_w, g.sh * s_h, g.sw * s_w, s_n)
@@ -173,26 +180,39 @@ def im2col(xp, x, g: Geometry, layout: str = "N", out=None):
 
 def col2im(xp, col, g: Geometry, n: int, layout: str = "N"):
     """The adjoint of im2col: each column entry added back to the input pixel it came
-    from (padding dropped). Returns a new (N, C, H, W) array in col's dtype. The adds
+    from (padding dropped). Returns a new (N, C, H, W) array in col's dtype, ordered
+    batch-last for layout "T" (netc.layers.memory_order). The adds
     run in the same order for every pixel whatever the threading (split over channels)."""
     hb, wb = max(g.span_h(), g.ph + g.h), max(g.span_w(), g.pw + g.w)
     eh, ew = (g.oh - 1) * g.sh + 1, (g.ow - 1) * g.sw + 1
     if layout == "T":
         col = col.reshape(g.c, g.kh, g.kw, g.oh, g.ow, n)
-        buf = workspace(xp, (g.c, hb, wb, n), col.dtype, "col2im")
-        out = xp.empty((n, g.c, g.h, g.w), dtype=col.dtype)
+        crop = (hb, wb) != (g.h, g.w)
+        acc_all = (workspace(xp, (g.c, hb, wb, n), col.dtype, "col2im") if crop
+                   else xp.empty((g.c, g.h, g.w, n), dtype=col.dtype))
+        out = xp.empty((g.c, g.h, g.w, n), dtype=col.dtype) if crop else acc_all
 
+        # In two steps, so that most adds run over long contiguous rows: for each kernel
+        # column j, the kh row offsets are summed into a buffer OW wide, whose rows are
+        # OW·N contiguous values like the columns' (an add into a window of the image
+        # itself would break every row into OW·N pieces: ~2x slower); the buffer is then
+        # added into the image at column offset j.
         def run_t(a, b):
-            acc = buf[a:b]
+            acc = acc_all[a:b]
             acc[...] = 0
-            for i in range(g.kh):
-                for j in range(g.kw):
-                    r0, c0 = i * g.dh, j * g.dw
-                    acc[:, r0:r0 + eh:g.sh, c0:c0 + ew:g.sw] += col[a:b, i, j]
-            out[:, a:b] = acc[:, g.ph:g.ph + g.h, g.pw:g.pw + g.w].transpose(3, 0, 1, 2)
+            rows = workspace(xp, (b - a, hb, g.ow, n), col.dtype, "col2im_rows")
+            for j in range(g.kw):
+                rows[...] = 0
+                for i in range(g.kh):
+                    target = rows[:, i * g.dh:i * g.dh + eh:g.sh]
+                    xp.add(target, col[a:b, i, j], out=target)
+                target = acc[:, :, j * g.dw:j * g.dw + ew:g.sw]
+                xp.add(target, rows, out=target)
+            if crop:
+                out[a:b] = acc[:, g.ph:g.ph + g.h, g.pw:g.pw + g.w]
 
         split(xp, g.c, col.size, run_t)
-        return out
+        return as_blob(out)
     if layout == "N":
         col = col.reshape(n, g.c, g.kh, g.kw, g.oh, g.ow)
     else:

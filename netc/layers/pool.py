@@ -16,12 +16,17 @@ Running, as Caffe (window of output (oh, ow): rows hstart = oh·sh − ph up to 
   STOCHASTIC does not run (a NetcError says so).
 Windows are separable: the forward reduces along W, then along H (kh + kw array
 operations, no Python loop over pixels); MAX's arg-max scans the kh·kw offsets.
+An input ordered batch-last (netc.layers.memory_order) is pooled as the (C, H, W, N)
+array it is, whose rows are W·N contiguous values, and its output and gradient are
+ordered batch-last too: the routines below take the two spatial axes of the array
+they work on, (2, 3) for (N, C, H, W) or (1, 2) for (C, H, W, N).
 """
 from __future__ import annotations
 
 from netc.errors import NetcError
 from netc.layers.base import LayerType, Param, ParamError, ShapeError, register, spatial_pair
 from netc.layers.im2col import workspace
+from netc.layers.memory_order import as_blob, batch_last, in_order_of
 from netc.runtime.threads import split
 
 
@@ -34,17 +39,40 @@ def _window(p: dict, h: int, w: int):
             (pooled_size(h, kh, sh, ph, p["round_mode"]), pooled_size(w, kw, sw, pw, p["round_mode"])))
 
 
-def _padded(xp, x, fill, kernel, stride, pad, out):
+NCHW, CHWN = (2, 3), (1, 2)     # the spatial axes of an (N, C, H, W) or a (C, H, W, N) array
+
+
+def _at(axes, rows, cols):
+    """An index of a 4-d array: `rows` on the H axis and `cols` on the W axis."""
+    index = [slice(None)] * 4
+    index[axes[0]], index[axes[1]] = rows, cols
+    return tuple(index)
+
+
+def _spatial_shape(shape, axes, h: int, w: int) -> tuple:
+    shape = list(shape)
+    shape[axes[0]], shape[axes[1]] = h, w
+    return tuple(shape)
+
+
+def _buffer_size(kernel, stride, pad, out, h: int, w: int) -> tuple[int, int]:
+    """Hb × Wb: the buffer from −pad that holds the image and every window."""
+    hb, wb = ((o - 1) * s + k for o, s, k in zip(out, stride, kernel))
+    return max(hb, pad[0] + h), max(wb, pad[1] + w)
+
+
+def _padded(xp, x, fill, kernel, stride, pad, out, axes=NCHW):
     """x in a buffer starting at −pad and long enough for every window (Hb × Wb),
     filled with `fill` outside the image; x itself when no window leaves it."""
-    n, c, h, w = x.shape
+    h, w = x.shape[axes[0]], x.shape[axes[1]]
     hb, wb = ((o - 1) * s + k for o, s, k in zip(out, stride, kernel))
     ph, pw = pad
     if ph == 0 and pw == 0 and hb <= h and wb <= w:
         return x
-    buf = xp.full((n, c, max(hb, ph + h), max(wb, pw + w)), fill, dtype=x.dtype)
+    buf = xp.full(_spatial_shape(x.shape, axes, *_buffer_size(kernel, stride, pad, out, h, w)), fill,
+                  dtype=x.dtype)
     hh, ww = min(h, hb - ph), min(w, wb - pw)
-    buf[:, :, ph:ph + hh, pw:pw + ww] = x[:, :, :hh, :ww]
+    buf[_at(axes, slice(ph, ph + hh), slice(pw, pw + ww))] = x[_at(axes, slice(0, hh), slice(0, ww))]
     return buf
 
 
@@ -68,37 +96,38 @@ def _reduce_axis(xp, a, axis: int, k: int, s: int, o: int, op, out=None):
     return r
 
 
-def _reduce_windows(xp, buf, kernel, stride, out, op, rows_first: bool = False):
+def _reduce_windows(xp, buf, kernel, stride, out, op, rows_first: bool = False, axes=NCHW):
     """op (maximum or add) over every window: along W, then along H (rows_first: along
-    H, then W). A new contiguous (N, C, OH, OW) array. The batch is split across threads
-    (NumPy); each image's sums are taken in the same order either way."""
+    H, then W). A new contiguous array, buf's shape with OH × OW on its spatial axes.
+    The first axis (the batch, or channels) is split across threads (NumPy); every
+    window's values are combined in the same order either way."""
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
-    n, c = buf.shape[:2]
-    y = xp.empty((n, c, oh, ow), dtype=buf.dtype)
+    ha, wa = axes
+    y = xp.empty(_spatial_shape(buf.shape, axes, oh, ow), dtype=buf.dtype)
 
     def run(a, b):
         if rows_first:
-            r = _reduce_axis(xp, buf[a:b], 2, kh, sh, oh, op)
-            _reduce_axis(xp, r, 3, kw, sw, ow, op, out=y[a:b])
+            r = _reduce_axis(xp, buf[a:b], ha, kh, sh, oh, op)
+            _reduce_axis(xp, r, wa, kw, sw, ow, op, out=y[a:b])
         else:
-            r = _reduce_axis(xp, buf[a:b], 3, kw, sw, ow, op)
-            _reduce_axis(xp, r, 2, kh, sh, oh, op, out=y[a:b])
+            r = _reduce_axis(xp, buf[a:b], wa, kw, sw, ow, op)
+            _reduce_axis(xp, r, ha, kh, sh, oh, op, out=y[a:b])
 
-    split(xp, n, buf.size, run)
+    split(xp, buf.shape[0], buf.size, run)
     return y
 
 
-def _spread_windows(xp, g, kernel, stride, out, shape):
+def _spread_windows(xp, g, kernel, stride, out, shape, axes=NCHW):
     """The adjoint of _reduce_windows(add): each g value added to every buffer pixel of
-    its window. shape: the buffer's (N, C, Hb, Wb)."""
+    its window. shape: the buffer's."""
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
-    n, c, hb, wb = shape
-    r = xp.zeros((n, c, hb, ow), dtype=g.dtype)
+    ha, wa = axes
+    r = xp.zeros(_spatial_shape(shape, axes, shape[ha], ow), dtype=g.dtype)
     for sl in _offsets(kh, sh, oh):
-        r[:, :, sl, :] += g
+        r[_at(axes, sl, slice(None))] += g
     buf = xp.zeros(shape, dtype=g.dtype)
     for sl in _offsets(kw, sw, ow):
-        buf[:, :, :, sl] += r
+        buf[_at(axes, slice(None), sl)] += r
     return buf
 
 
@@ -167,20 +196,53 @@ def _max_backward_tiled(xp, x, y, dy, kernel, out):
     return dx
 
 
-def _crop(xp, buf, pad, h, w):
+def _max_backward_tiled_batch_last(xp, xt, yt, dyt, kernel, out):
+    """_max_backward_tiled for arrays ordered (C, H, W, N): the same result, bit for bit.
+    Viewed as (C, OH, kh, OW, kw, N), each window's pixels lie in axes 2 and 4 and
+    y and dy broadcast over them with no copy, every loop running over N contiguous
+    values; the selection is the same bitwise AND with an all-ones/zero mask."""
+    (kh, kw), (oh, ow) = kernel, out
+    c, n = xt.shape[0], xt.shape[3]
+    tiles = (c, oh, kh, ow, kw, n)
+    x6 = xt.reshape(tiles)
+    dx = xp.empty(xt.shape, dtype=dyt.dtype)
+    bits = xp.dtype(f"i{dyt.dtype.itemsize}")
+
+    def run(a, b):
+        hit = xp.equal(x6[a:b], yt[a:b, :, None, :, None],
+                       out=workspace(xp, (b - a,) + tiles[1:], bool, "pool_hit"))
+        windows = (b - a) * oh * ow * n
+        if kh * kw > 1 and (int(xp.count_nonzero(hit)) != windows or bool(xp.isnan(yt[a:b]).any())):
+            taken = hit[:, :, 0, :, 0].copy()                 # a maximum seen earlier in the scan
+            for k in range(1, kh * kw):
+                later = hit[:, :, k // kw, :, k % kw]          # a view: cleared in place
+                later &= ~taken
+                if k < kh * kw - 1:
+                    taken |= later
+        mask = xp.negative(hit.view(xp.int8), out=workspace(xp, hit.shape, bits, "pool_mask"))
+        dy6 = xp.broadcast_to(dyt[a:b, :, None, :, None].view(bits), hit.shape)
+        xp.bitwise_and(dy6, mask, out=dx[a:b].reshape(hit.shape).view(bits))
+
+    split(xp, c, xt.size, run)
+    return dx
+
+
+def _crop(xp, buf, pad, h, w, axes=NCHW):
     ph, pw = pad
-    if buf.shape[2:] == (h, w):
+    if (buf.shape[axes[0]], buf.shape[axes[1]]) == (h, w):
         return buf
-    return xp.ascontiguousarray(buf[:, :, ph:ph + h, pw:pw + w])
+    return xp.ascontiguousarray(buf[_at(axes, slice(ph, ph + h), slice(pw, pw + w))])
 
 
-def _ave_divisor(xp, dtype, h, w, kernel, stride, pad, out):
-    """Caffe's pool_size per output pixel: (hend − hstart)·(wend − wstart), (OH, OW)."""
+def _ave_divisor(xp, dtype, h, w, kernel, stride, pad, out, axes=NCHW):
+    """Caffe's pool_size per output pixel: (hend − hstart)·(wend − wstart), shaped to
+    broadcast against an output with spatial axes `axes`."""
     sizes = []
     for size, k, s, pd, o in zip((h, w), kernel, stride, pad, out):
         start = xp.arange(o) * s - pd
         sizes.append((xp.minimum(start + k, size + pd) - start).astype(dtype))
-    return sizes[0][:, None] * sizes[1][None, :]
+    divisor = sizes[0][:, None] * sizes[1][None, :]
+    return divisor if axes == NCHW else divisor[:, :, None]
 
 
 def pooled_size(size: int, kernel: int, stride: int, pad: int, round_mode: str) -> int:
@@ -269,52 +331,69 @@ class Pooling(LayerType):
         if p["pool"] == "STOCHASTIC":
             raise NetcError("STOCHASTIC pooling cannot run in netc yet",
                             hint="use pool=MAX or pool=AVE")
-        if p["pool"] == "AVE":
-            if p["global_pooling"]:
-                return [x.mean(axis=(2, 3), keepdims=True)]
-            buf = _padded(xp, x, 0, kernel, stride, pad, out)
-            y = _reduce_windows(xp, buf, kernel, stride, out, xp.add)
-            y /= _ave_divisor(xp, x.dtype, h, w, kernel, stride, pad, out)
-            return [y]
         if p["global_pooling"]:
+            if p["pool"] == "AVE":
+                return [x.mean(axis=(2, 3), keepdims=True)]
             y = x.max(axis=(2, 3), keepdims=True)
-        else:
-            buf = _padded(xp, x, -xp.inf, kernel, stride, pad, out)
-            # The maximum, unlike a sum, is the same in any order (up to which of a +0/−0
-            # tie, or which of several NaNs, comes out): the rows first, whose operations
-            # run over whole contiguous rows (~1.8x faster than W first, whose strided
-            # slices NumPy does not vectorise), leaving W for the smaller array.
-            y = _reduce_windows(xp, buf, kernel, stride, out, xp.maximum, rows_first=True)
+            if state.get("ntops", 2) < 2:
+                return [y]
+            arg = self._argmax(xp, x, y, kernel, stride, pad, out)
+            state["argmax"] = arg
+            return [y, self._mask(xp, arg, x.dtype, w, kernel, stride, pad, out)]
+        a, axes, blob = self._in_order(x)
+        if p["pool"] == "AVE":
+            buf = _padded(xp, a, 0, kernel, stride, pad, out, axes)
+            y = _reduce_windows(xp, buf, kernel, stride, out, xp.add, axes=axes)
+            y /= _ave_divisor(xp, x.dtype, h, w, kernel, stride, pad, out, axes)
+            return [blob(y)]
+        buf = _padded(xp, a, -xp.inf, kernel, stride, pad, out, axes)
+        # The maximum, unlike a sum, is the same in any order (up to which of a +0/−0
+        # tie, or which of several NaNs, comes out): the rows first, whose operations
+        # run over whole contiguous rows (~1.8x faster than W first, whose strided
+        # slices NumPy does not vectorise), leaving W for the smaller array.
+        y = _reduce_windows(xp, buf, kernel, stride, out, xp.maximum, rows_first=True, axes=axes)
         # Caffe's mask top is wanted only with two tops; the executor says how many it
         # reads in state["ntops"] (without it, the mask is made anyway).
         if state.get("ntops", 2) < 2:
-            return [y]
-        arg = self._argmax(xp, x, y, kernel, stride, pad, out)
+            return [blob(y)]
+        arg = self._argmax(xp, a, y, kernel, stride, pad, out, axes)
         state["argmax"] = arg
-        return [y, self._mask(xp, arg, x.dtype, w, kernel, stride, pad, out)]
+        return [blob(y), blob(self._mask(xp, arg, x.dtype, w, kernel, stride, pad, out, axes))]
 
     @staticmethod
-    def _argmax(xp, x, y, kernel, stride, pad, out):
+    def _in_order(x):
+        """The array to pool for blob x, its spatial axes, and how to turn an array in
+        that order back into a blob: x itself, or the (C, H, W, N) array behind it."""
+        xt = batch_last(x)
+        if xt is None:
+            return x, NCHW, lambda r: r
+        return xt, CHWN, as_blob
+
+    @staticmethod
+    def _argmax(xp, x, y, kernel, stride, pad, out, axes=NCHW):
         """Per output pixel, the window offset i·kw + j of the first maximum in Caffe's
-        scan (rows, then columns within a row): int32 (N, C, OH, OW)."""
-        n, c, h, w = x.shape
-        if kernel == (h, w) and out == (1, 1):      # global: argmax scans row-major too
+        scan (rows, then columns within a row): int32, y's shape. x and y are arrays
+        with spatial axes `axes`."""
+        h, w = x.shape[axes[0]], x.shape[axes[1]]
+        if kernel == (h, w) and out == (1, 1) and axes == NCHW:   # global: argmax scans row-major too
+            n, c = x.shape[:2]
             return x.reshape(n, c, 1, h * w).argmax(axis=-1).reshape(n, c, 1, 1).astype(xp.int32)
-        buf = _padded(xp, x, -xp.inf, kernel, stride, pad, out)
+        buf = _padded(xp, x, -xp.inf, kernel, stride, pad, out, axes)
         (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
         arg = xp.full(y.shape, -1, dtype=xp.int32)
         rows, cols = _offsets(kh, sh, oh), _offsets(kw, sw, ow)
         # scanned backwards, so that the last write, which wins, is the first maximum
         for k in reversed(range(kh * kw)):
-            xp.copyto(arg, k, where=buf[:, :, rows[k // kw], cols[k % kw]] == y)
+            xp.copyto(arg, k, where=buf[_at(axes, rows[k // kw], cols[k % kw])] == y)
         return arg
 
     @staticmethod
-    def _mask(xp, arg, dtype, w, kernel, stride, pad, out):
+    def _mask(xp, arg, dtype, w, kernel, stride, pad, out, axes=NCHW):
         """Caffe's mask: the arg-max's flat index h·W + w in the input plane, as float."""
         kw = kernel[1]
-        hs = (xp.arange(out[0]) * stride[0] - pad[0]).reshape(-1, 1)
-        ws = (xp.arange(out[1]) * stride[1] - pad[1]).reshape(1, -1)
+        trailing = (1,) * (3 - axes[1])
+        hs = (xp.arange(out[0]) * stride[0] - pad[0]).reshape((-1, 1) + trailing)
+        ws = (xp.arange(out[1]) * stride[1] - pad[1]).reshape((1, -1) + trailing)
         return ((hs + arg // kw) * w + ws + arg % kw).astype(dtype)
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
@@ -324,32 +403,40 @@ class Pooling(LayerType):
         n, c, h, w = x.shape
         kernel, stride, pad, out = _window(p, h, w)
         (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
-        if p["pool"] == "AVE":
-            if p["global_pooling"]:
+        if p["global_pooling"]:
+            if p["pool"] == "AVE":
                 g = dy / dy.dtype.type(h * w)
                 return [xp.broadcast_to(g, x.shape).copy()], []
-            g = dy / _ave_divisor(xp, dy.dtype, h, w, kernel, stride, pad, out)
-            hb, wb = ((o - 1) * s + k for o, s, k in zip(out, stride, kernel))
-            shape = (n, c, max(hb, pad[0] + h), max(wb, pad[1] + w))
-            return [_crop(xp, _spread_windows(xp, g, kernel, stride, out, shape), pad, h, w)], []
+            arg = state.get("argmax")
+            if arg is None:
+                arg = self._argmax(xp, x, tops[0], kernel, stride, pad, out)
+            picks = xp.arange(h * w, dtype=xp.int32).reshape(1, 1, h, w) == arg
+            return [xp.where(picks, dy, dy.dtype.type(0))], []
+        # the gradient in the order of the input, pooled as the forward did
+        a, axes, blob = self._in_order(x)
+        y, g = tops[0], in_order_of(xp, dy, x)
+        if axes == CHWN:
+            y, g = batch_last(y), batch_last(g)
+        buffer_shape = _spatial_shape(a.shape, axes, *_buffer_size(kernel, stride, pad, out, h, w))
+        if p["pool"] == "AVE":
+            g = g / _ave_divisor(xp, dy.dtype, h, w, kernel, stride, pad, out, axes)
+            return [blob(_crop(xp, _spread_windows(xp, g, kernel, stride, out, buffer_shape, axes),
+                               pad, h, w, axes))], []
         # MAX (the mask top, if any, carries no gradient)
         arg = state.get("argmax")
-        g = top_diffs[0]
-        if arg is None and not p["global_pooling"] and _tiles_image(kernel, stride, pad, out, h, w):
+        if arg is None and _tiles_image(kernel, stride, pad, out, h, w):
             # the common non-overlapping pool: no arg-max array, no scatter loop
-            return [_max_backward_tiled(xp, x, tops[0], g, kernel, out)], []
+            if axes == CHWN:
+                return [blob(_max_backward_tiled_batch_last(xp, a, y, g, kernel, out))], []
+            return [_max_backward_tiled(xp, a, y, g, kernel, out)], []
         if arg is None:
-            arg = self._argmax(xp, x, tops[0], kernel, stride, pad, out)
-        if p["global_pooling"]:
-            picks = xp.arange(h * w, dtype=xp.int32).reshape(1, 1, h, w) == arg
-            return [xp.where(picks, g, g.dtype.type(0))], []
-        hb, wb = ((o - 1) * s + k for o, s, k in zip(out, stride, kernel))
-        buf = xp.zeros((n, c, max(hb, pad[0] + h), max(wb, pad[1] + w)), dtype=g.dtype)
+            arg = self._argmax(xp, a, y, kernel, stride, pad, out, axes)
+        buf = xp.zeros(buffer_shape, dtype=g.dtype)
         zero = g.dtype.type(0)
         for i, rows in enumerate(_offsets(kh, sh, oh)):
             for j, cols in enumerate(_offsets(kw, sw, ow)):
-                buf[:, :, rows, cols] += xp.where(arg == i * kw + j, g, zero)
-        return [_crop(xp, buf, pad, h, w)], []
+                buf[_at(axes, rows, cols)] += xp.where(arg == i * kw + j, g, zero)
+        return [blob(_crop(xp, buf, pad, h, w, axes))], []
 
     def rounding_matters(self, p, bottom) -> bool:
         """Whether floor rounding (PyTorch, TensorFlow) would give another shape."""
