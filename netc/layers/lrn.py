@@ -19,7 +19,7 @@ from netc.layers.base import LayerType, Param, ParamError, ShapeError, register
 
 def _window_sum(xp, a, axis: int, n: int):
     """Σ over the n entries centred on each index along `axis`, zero outside. A new array."""
-    out = a.copy()
+    out = a.copy(order="K")   # in a's memory order (netc.layers.memory_order)
     size = a.shape[axis]
     for d in range(1, min((n - 1) // 2, size - 1) + 1):
         hi = [slice(None)] * a.ndim

@@ -3,6 +3,7 @@ Concat, Slice, Split, Flatten, Reshape, Eltwise."""
 from __future__ import annotations
 
 from netc.layers.base import canonical_axis, count, LayerType, Param, ParamError, register, ShapeError
+from netc.layers.memory_order import as_blob, batch_last, to_batch_last
 
 
 
@@ -38,8 +39,13 @@ class Concat(LayerType):
         return [first[:axis] + (total,) + first[axis + 1:]]
 
     def forward(self, p, bottoms, weights, ctx, state):
+        xp = ctx.xp
         axis = canonical_axis(p["axis"], bottoms[0].shape)
-        return [ctx.xp.concatenate(bottoms, axis=axis)]
+        if axis == 1 and any(batch_last(b) is not None for b in bottoms):
+            # channels are the outer axis of batch-last memory: each input is one block
+            # (netc.layers.memory_order); inputs in the other order are transposed once
+            return [as_blob(xp.concatenate([to_batch_last(xp, b) for b in bottoms], axis=0))]
+        return [xp.concatenate(bottoms, axis=axis)]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         axis = canonical_axis(p["axis"], bottoms[0].shape)
