@@ -119,6 +119,14 @@ def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, keep: dict | None 
     wmat = wts.reshape(groups, co // groups, -1)
     kg, pix = geo.rows // groups, geo.oh * geo.ow
     layout = _layout(geo, n, x=x)
+    if layout == "T" and _bias_in_gemm(geo, groups, bias):
+        # the bias as one more column of the weights, against a row of ones in the
+        # columns: the GEMM adds it (and the backward's GEMM sums its gradient), which
+        # saves a pass over the output (and one over its gradient)
+        cols = _columns(xp, x, geo, layout, keep, ones_row=True)
+        wmat = xp.concatenate([wts.reshape(co, -1), bias.reshape(co, 1)], axis=1)
+        r = xp.matmul(wmat, cols.reshape(geo.rows + 1, -1))
+        return as_blob(r.reshape(co, geo.oh, geo.ow, n))
     if layout == "T":
         # the GEMM's result (Co, OH·OW·N) is the output, ordered batch-last
         cols = _columns(xp, x, geo, layout, keep).reshape(groups, kg, n * pix)
@@ -167,18 +175,31 @@ def _weight_gradient(xp, dy_b, cols, pieces: int):
     return xp.matmul(cols, dy_b.transpose(0, 2, 1)).transpose(0, 2, 1)
 
 
-def _columns(xp, x, geo, layout: str, keep: dict | None):
+def _bias_in_gemm(geo, groups: int, bias) -> bool:
+    """Whether a layout-"T" convolution adds its bias in the GEMM (see _conv_forward)."""
+    return bias is not None and groups == 1 and not geo.one_by_one
+
+
+def _columns(xp, x, geo, layout: str, keep: dict | None, ones_row: bool = False):
     """im2col(x) in `layout`. A training forward passes its state as `keep`: the columns
     are then a new array left there for the backward's weight gradient, which need not
     make them again (_kept_columns); costs their memory (Caffe makes them twice).
-    A 1×1 convolution's columns in layout "T" are its input itself."""
+    A 1×1 convolution's columns in layout "T" are its input itself. ones_row: the
+    columns (rows·L values) followed by L ones, one more row (layout "T" only)."""
     if geo.one_by_one and layout == "T":
         return padded_batch_last(xp, x, geo)
-    if keep is None:
+    size = geo.rows * x.shape[0] * geo.oh * geo.ow
+    if keep is None and not ones_row:
         return im2col(xp, x, geo, layout)
-    cols = im2col(xp, x, geo, layout, out=xp.empty(geo.rows * x.shape[0] * geo.oh * geo.ow, dtype=x.dtype))
-    keep["cols"] = (layout, cols)
-    return cols
+    length = size // geo.rows
+    total = size + (length if ones_row else 0)
+    buf = xp.empty(total, dtype=x.dtype) if keep is not None else workspace(xp, (total,), x.dtype)
+    im2col(xp, x, geo, layout, out=buf[:size])
+    if ones_row:
+        buf[size:] = 1
+    if keep is not None:
+        keep["cols"] = (layout + ("+1" if ones_row else ""), buf)
+    return buf if ones_row else buf.reshape(-1)
 
 
 def _kept_columns(state: dict, layout: str):
@@ -322,11 +343,22 @@ class Convolution(_ConvolutionBase):
             cols = _batch_major(x, groups)                     # (G, C/g, N·H·W)
         else:
             dy_b = _from_nchw(xp, dy, layout).reshape(groups, cog, -1)
-            cols = _kept_columns(state, layout)
-            cols = (_columns(xp, x, geo, layout, None) if cols is None else cols).reshape(groups, kg, -1)
         pieces = (geo.oh if layout == "T" else n) if cog * kg <= _SMALL_WEIGHT_GRADIENT else 1
-        dw = _weight_gradient(xp, dy_b, cols, pieces).reshape(wts.shape)
-        grads = [dw] + ([dy_b.reshape(co, -1).sum(axis=1)] if p["bias_term"] else [])
+        bias = weights[1] if p["bias_term"] else None
+        if layout == "T" and _bias_in_gemm(geo, groups, bias):
+            # the forward's row of ones: the weight gradient's last column is the bias's
+            cols = _kept_columns(state, "T+1")
+            if cols is None:
+                cols = _columns(xp, x, geo, layout, None, ones_row=True)
+            both = _weight_gradient(xp, dy_b, cols.reshape(1, kg + 1, -1), pieces)[0]
+            grads = [both[:, :kg].reshape(wts.shape), both[:, kg].copy()]
+        else:
+            if layout != "1":
+                cols = _kept_columns(state, layout)
+                cols = (_columns(xp, x, geo, layout, None) if cols is None else cols)
+            cols = cols.reshape(groups, kg, -1)
+            dw = _weight_gradient(xp, dy_b, cols, pieces).reshape(wts.shape)
+            grads = [dw] + ([dy_b.reshape(co, -1).sum(axis=1)] if p["bias_term"] else [])
         dx = None
         if need[0]:
             wmat = wts.reshape(groups, cog, -1)
@@ -335,7 +367,7 @@ class Convolution(_ConvolutionBase):
             elif geo.one_by_one:     # layout "T": the GEMM's result is dx, batch-last
                 dx = as_blob(xp.matmul(wmat.transpose(0, 2, 1), dy_b).reshape(geo.c, geo.h, geo.w, n))
             else:
-                dcol = workspace(xp, cols.shape, dy.dtype, "dcol")
+                dcol = workspace(xp, (groups, kg, dy_b.shape[2]), dy.dtype, "dcol")
                 dx = col2im(xp, xp.matmul(wmat.transpose(0, 2, 1), dy_b, out=dcol), geo, n, layout)
         return [dx], grads
 
