@@ -6,14 +6,16 @@ kernel window sees (zero where the window lies in the padding):
 
     col[.., c, i, j, .., oh, ow] = x[.., c, oh·sh − ph + i·dh, ow·sw − pw + j·dw]
 
-in one of two layouts:
+in one of three layouts:
 
     "N" (batch first):    (N, C, kh, kw, OH, OW)  — one GEMM per image writes NCHW directly
     "C" (channels first): (C, kh, kw, N, OH, OW)  — one GEMM for the whole batch
     "T" (batch last):     (C, kh, kw, OH, OW, N)  — one GEMM for the whole batch, for
-                          small maps: read from a (C, H, W, N) copy of the input, every
+                          small maps: read from the input's (C, H, W, N) memory (a copy
+                          unless the blob is ordered so, netc.layers.memory_order), every
                           window row is OW·N contiguous values instead of OW, which is
-                          what NumPy's copy loops need to run fast (and col2im's adds)
+                          what NumPy's copy loops need to run fast (and col2im's adds);
+                          the GEMM's result is the output ordered batch-last
 
 im2col is one strided copy (as_strided over a zero-padded copy of the input, no Python
 loop); col2im, its adjoint (overlapping windows add up), loops over the kh·kw kernel
