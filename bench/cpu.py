@@ -72,7 +72,7 @@ def breakdown(net, ex, feeds, runs: int, backward: bool) -> dict[str, float]:
         geo = conv_geometry(dict(layer.params), c, h, w, oh, ow)
         if geo.one_by_one:
             continue
-        layout = _layout(geo, n)
+        layout = _layout(geo, n, x=x)
         start = time.perf_counter()
         for _ in range(runs):
             im2col(np, x, geo, layout)
