@@ -23,7 +23,7 @@ from netc.runtime.threads import split, split_gemms
 #  - output rows shorter than this (and a batch), or an input already ordered batch-last
 #    (netc.layers.memory_order): layout "T", batch last. NumPy's copy loops run over
 #    OW·N contiguous values instead of OW, which makes im2col and col2im several times
-#    faster on small maps (LeNet's, 8×8 to 24×24; AlexNet's 13×13). The output and the
+#    faster on small maps (LeNet's, 8×8 to 24×24; AlexNet's 27×27 and 13×13). The output and the
 #    input's gradient stay batch-last for the layers around it; only an input ordered
 #    (N, C, H, W) is transposed, once;
 #  - output maps smaller than _BATCHED_GEMM_BELOW pixels per image: layout "C", one
@@ -199,7 +199,7 @@ def _columns(xp, x, geo, layout: str, keep: dict | None, ones_row: bool = False)
         buf[size:] = 1
     if keep is not None:
         keep["cols"] = (layout + ("+1" if ones_row else ""), buf)
-    return buf if ones_row else buf.reshape(-1)
+    return buf
 
 
 def _kept_columns(state: dict, layout: str):
