@@ -206,53 +206,44 @@ def test_im2col_col2im_are_adjoint():
     assert np.all(col[:, :, 0, 0, 0, 0] == 0)   # row −1, column −2: padding
 
 
-@pytest.mark.optional
-@pytest.mark.parametrize("case", CASES)
-def test_convolution_matches_torch(tmp_path, case):
-    torch = pytest.importorskip("torch")
+def compare_with_torch(torch, tmp_path, kind, case, seed, torch_op):
+    """Forward and every gradient of one `kind` layer against torch_op(x, w, b), in
+    float64 and float32."""
     shape, num, kernel, stride, pad, dil, group, bias = case
     for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-4)):
-        ex = build(f"input data {list(shape)}\nc: {layer_text('Convolution', num, kernel, stride, pad, dil, group, bias)}\n",
+        ex = build(f"input data {list(shape)}\nl: {layer_text(kind, num, kernel, stride, pad, dil, group, bias)}\n",
                    tmp_path, dtype=dtype)
-        rng = np.random.default_rng(6)
+        rng = np.random.default_rng(seed)
         x = rng.normal(size=shape).astype(dtype)
-        y = np.array(ex.forward({"data": x})["c"])
+        y = np.array(ex.forward({"data": x})["l"])
         dy = rng.normal(size=y.shape).astype(dtype)
-        grads = ex.backward(seeds={"c": dy})["c"]
-        w, *b = weights_of(ex, "c")
+        grads = ex.backward(seeds={"l": dy})["l"]
+        w, *b = weights_of(ex, "l")
         tx = torch.tensor(x, requires_grad=True)
         tw = torch.tensor(w, requires_grad=True)
         tb = torch.tensor(b[0], requires_grad=True) if b else None
-        ty = torch.nn.functional.conv2d(tx, tw, tb, pair(stride), pair(pad), pair(dil), group)
+        ty = torch_op(tx, tw, tb)
         ty.backward(torch.tensor(dy))
         pairs = [(y, ty), (ex.diffs["data"], tx.grad), (grads[0], tw.grad)] + ([(grads[1], tb.grad)] if b else [])
         for ours, theirs in pairs:
             theirs = theirs.detach().numpy()
             assert np.array(ours).dtype == dtype
             assert np.abs(np.array(ours) - theirs).max() <= tol * max(np.abs(theirs).max(), 1.0)
+
+
+@pytest.mark.optional
+@pytest.mark.parametrize("case", CASES)
+def test_convolution_matches_torch(tmp_path, case):
+    torch = pytest.importorskip("torch")
+    _, _, _, stride, pad, dil, group, _ = case
+    compare_with_torch(torch, tmp_path, "Convolution", case, 6, lambda x, w, b: torch.nn.functional.conv2d(
+        x, w, b, pair(stride), pair(pad), pair(dil), group))
 
 
 @pytest.mark.optional
 @pytest.mark.parametrize("case", DECONV_CASES)
 def test_deconvolution_matches_torch(tmp_path, case):
     torch = pytest.importorskip("torch")
-    shape, num, kernel, stride, pad, dil, group, bias = case
-    for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-4)):
-        ex = build(f"input data {list(shape)}\nd: {layer_text('Deconvolution', num, kernel, stride, pad, dil, group, bias)}\n",
-                   tmp_path, dtype=dtype)
-        rng = np.random.default_rng(7)
-        x = rng.normal(size=shape).astype(dtype)
-        y = np.array(ex.forward({"data": x})["d"])
-        dy = rng.normal(size=y.shape).astype(dtype)
-        grads = ex.backward(seeds={"d": dy})["d"]
-        w, *b = weights_of(ex, "d")
-        tx = torch.tensor(x, requires_grad=True)
-        tw = torch.tensor(w, requires_grad=True)
-        tb = torch.tensor(b[0], requires_grad=True) if b else None
-        ty = torch.nn.functional.conv_transpose2d(tx, tw, tb, pair(stride), pair(pad), 0, group, pair(dil))
-        ty.backward(torch.tensor(dy))
-        pairs = [(y, ty), (ex.diffs["data"], tx.grad), (grads[0], tw.grad)] + ([(grads[1], tb.grad)] if b else [])
-        for ours, theirs in pairs:
-            theirs = theirs.detach().numpy()
-            assert np.array(ours).dtype == dtype
-            assert np.abs(np.array(ours) - theirs).max() <= tol * max(np.abs(theirs).max(), 1.0)
+    _, _, _, stride, pad, dil, group, _ = case
+    compare_with_torch(torch, tmp_path, "Deconvolution", case, 7, lambda x, w, b: torch.nn.functional.conv_transpose2d(
+        x, w, b, pair(stride), pair(pad), 0, group, pair(dil)))
