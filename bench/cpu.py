@@ -45,7 +45,8 @@ def breakdown(net, ex, feeds, runs: int, backward: bool) -> dict[str, float]:
     """Seconds per run by layer type; convolution split into im2col and the rest (GEMM).
     im2col is timed on its own, once per convolution and run, in the layout that
     convolution's forward picks (netc.layers.conv._layout; "T" includes its batch-last
-    copy of the input): a training backward reuses the forward's columns."""
+    copy of the input): a training backward reuses the forward's columns. Winograd
+    convolutions make no columns: all their time is in the rest."""
     import numpy as np
 
     from netc.layers.conv import _layout
@@ -69,10 +70,11 @@ def breakdown(net, ex, feeds, runs: int, backward: bool) -> dict[str, float]:
             continue
         n, c, h, w = x.shape
         oh, ow = net.blob_shapes[layer.tops[0]][2:]
-        geo = conv_geometry(dict(layer.params), c, h, w, oh, ow)
-        if geo.one_by_one:
+        params = dict(layer.params)
+        geo = conv_geometry(params, c, h, w, oh, ow)
+        layout = _layout(geo, n, x=x, groups=params["group"])
+        if geo.one_by_one or layout == "W":      # no column matrix
             continue
-        layout = _layout(geo, n, x=x)
         start = time.perf_counter()
         for _ in range(runs):
             im2col(np, x, geo, layout)

@@ -7,7 +7,9 @@ Weights: Convolution [num_output, C/group, kh, kw]; Deconvolution [C, num_output
 
 Running: im2col + one GEMM per group (netc.layers.im2col). Convolution's forward is
 y[g] = W[g] · col(x)[g] + b; its backward dW[g] = Σ_batch dy[g] · col(x)[g]ᵀ,
-db = Σ dy, dx = col2im(W[g]ᵀ · dy[g]). Deconvolution is the transposed convolution:
+db = Σ dy, dx = col2im(W[g]ᵀ · dy[g]). Stride-1 convolutions over enough tiles run by
+Winograd's algorithm instead (netc.layers.winograd, layout "W" below), forward and
+backward. Deconvolution is the transposed convolution:
 its forward is that backward-data (col2im(W[g]ᵀ · x[g]) + b), its backward-data is a
 convolution of dy, and dW[g] = Σ_batch x[g] · col(dy)[g]ᵀ.
 """
@@ -15,11 +17,14 @@ from __future__ import annotations
 
 from netc.layers.base import (LEARNABLE_PARAMS, REQUIRED, LayerType, Param, ParamError, ShapeError,
                               register, spatial_pair)
+from netc.layers import winograd
 from netc.layers.im2col import col2im, conv_geometry, im2col, padded_batch_last, workspace
 from netc.layers.memory_order import as_blob, batch_last, to_batch_last
 from netc.runtime.threads import split, split_gemms
 
-# How Convolution lays out its column matrix (netc.layers.im2col), by output size:
+# How Convolution lays out its column matrix (netc.layers.im2col), unless Winograd's
+# algorithm takes the layer (winograd.plan: stride 1, 8+ channels per group, enough
+# tiles; no columns, input and output batch-last), by output size:
 #  - output rows shorter than this (and a batch), or an input already ordered batch-last
 #    (netc.layers.memory_order): layout "T", batch last. NumPy's copy loops run over
 #    OW·N contiguous values instead of OW, which makes im2col and col2im several times
@@ -43,9 +48,12 @@ _PER_IMAGE_WEIGHT_GRADIENTS_MAX = 4 << 20
 _SMALL_WEIGHT_GRADIENT = 8192
 
 
-def _layout(geo, n: int, co: int = 0, backward: bool = False, x=None) -> str:
+def _layout(geo, n: int, co: int = 0, backward: bool = False, x=None, groups: int = 1) -> str:
     """The column layout for input x (N, C, H, W); "1": a 1×1 convolution of an input
-    ordered (N, C, H, W), which is its own column matrix per image."""
+    ordered (N, C, H, W), which is its own column matrix per image; "W": no columns,
+    Winograd's algorithm (netc.layers.winograd) where it saves enough multiplications."""
+    if winograd.plan(geo, groups, n) is not None:
+        return "W"
     ordered_batch_last = batch_last(x) is not None
     if geo.one_by_one:
         return "T" if ordered_batch_last else "1"
@@ -118,7 +126,11 @@ def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, keep: dict | None 
     co = wts.shape[0]
     wmat = wts.reshape(groups, co // groups, -1)
     kg, pix = geo.rows // groups, geo.oh * geo.ow
-    layout = _layout(geo, n, x=x)
+    layout = _layout(geo, n, x=x, groups=groups)
+    if layout == "W":
+        p = winograd.plan(geo, groups, n)
+        xb = padded_batch_last(xp, x, geo, extent=p.input_extent())
+        return as_blob(winograd.forward(xp, xb, wts, bias, p, groups, keep))
     if layout == "T" and _bias_in_gemm(geo, groups, bias):
         # the bias as one more column of the weights, against a row of ones in the
         # columns: the GEMM adds it (and the backward's GEMM sums its gradient), which
@@ -313,7 +325,15 @@ class Convolution(_ConvolutionBase):
         cog = co // groups
         geo = self._geometry(p, x)
         kg, pix = geo.rows // groups, geo.oh * geo.ow
-        layout = _layout(geo, n, co, backward=True, x=x)
+        layout = _layout(geo, n, co, backward=True, x=x, groups=groups)
+        if layout == "W":
+            wp = winograd.plan(geo, groups, n)
+            kept = state.pop("winograd", None)
+            xb = None if kept is not None else padded_batch_last(xp, x, geo, extent=wp.input_extent())
+            dy_b = to_batch_last(xp, dy, out=workspace(xp, (co, geo.oh, geo.ow, n), dy.dtype, "dy"))
+            dx, dw, db = winograd.backward(xp, dy_b, wts, wp, groups, kept, xb,
+                                           input_hw=(geo.h, geo.w) if need[0] else None, pad=(geo.ph, geo.pw))
+            return [None if dx is None else as_blob(dx)], [dw] + ([db] if p["bias_term"] else [])
         if layout == "N":
             # Large maps and a small weight (LeNet's conv1): one GEMM per image, on dy
             # as it is and the forward's column layout, then a sum over the batch; with

@@ -118,11 +118,12 @@ def padded(xp, x, g: Geometry):
     return buf
 
 
-def padded_batch_last(xp, x, g: Geometry, slot: str = "xt"):
-    """x (N, C, H, W) as (C, Hb, Wb, N), zero-padded as `padded` does: x's own memory
-    when it is ordered batch-last and needs no padding, else a workspace."""
+def padded_batch_last(xp, x, g: Geometry, slot: str = "xt", extent: tuple[int, int] = (0, 0)):
+    """x (N, C, H, W) as (C, Hb, Wb, N), zero-padded as `padded` does (and to at least
+    `extent` rows and columns from −pad): x's own memory when it is ordered batch-last
+    and needs no padding, else a workspace."""
     n, c, h, w = x.shape
-    hb, wb = max(g.span_h(), g.ph + h), max(g.span_w(), g.pw + w)
+    hb, wb = max(g.span_h(), g.ph + h, extent[0]), max(g.span_w(), g.pw + w, extent[1])
     source = batch_last(x)
     if source is not None and (hb, wb) == (h, w):
         return source

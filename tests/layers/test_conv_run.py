@@ -1,7 +1,7 @@
 """Convolution and Deconvolution running: forward against direct float64 loops written
 from the definitions, backward by gradcheck over a grid (odd sizes, stride > kernel,
-padding, groups, dilation, rectangular kernels, batch 1, no bias), and PyTorch's
-conv2d / conv_transpose2d where it is installed."""
+padding, groups, dilation, rectangular kernels, batch 1, no bias; im2col + GEMM and
+Winograd's algorithm), and PyTorch's conv2d / conv_transpose2d where it is installed."""
 import sys
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gradcheck import build_executor as build, gradcheck  # noqa: E402
 
+from netc.layers import conv  # noqa: E402
 from netc.layers.im2col import Geometry, col2im, im2col  # noqa: E402
 from netc.runtime.executor import Executor  # noqa: E402
 
@@ -90,6 +91,18 @@ CASES = [
     ((1, 2, 4, 4), 2, 4, 1, 2, 1, 1, True),          # kernel = image, pad
 ]
 
+# Cases the layer runs by Winograd's algorithm (netc.layers.winograd: stride 1, at least
+# 8 input channels per group, enough tiles × batch); test_winograd_cases_take_that_path
+# makes sure they still do.
+WINOGRAD_CASES = [
+    ((36, 8, 12, 12), 5, 5, 1, 0, 1, 1, True),       # LeNet's conv2 in small: F(4×4, 5×5)
+    ((24, 16, 11, 13), 6, 3, 1, 1, 1, 2, True),      # odd sizes: tiles overhang, groups
+    ((24, 8, 9, 10), 4, (3, 5), 1, (1, 2), 1, 1, False),  # rectangular kernel, no bias
+    ((36, 8, 9, 9), 4, 2, 1, 0, 1, 1, True),         # an even kernel
+    ((1, 8, 72, 72), 3, 3, 1, 1, 1, 1, True),        # batch 1, many tiles
+    ((16, 8, 10, 10), 4, 7, 1, 3, 1, 1, True),       # 7×7: F(2×2, 7×7), 8 points
+]
+
 DECONV_CASES = [
     ((2, 4, 3, 4), 6, 3, 2, 1, 1, 2, True),
     ((1, 3, 4, 3), 4, (3, 2), (2, 3), (1, 0), 1, 1, True),
@@ -103,7 +116,7 @@ def weights_of(ex, name):
     return [np.array(w) for w in ex.weights[name]]
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CASES + WINOGRAD_CASES)
 def test_convolution_forward_matches_direct_loops(tmp_path, case):
     shape, num, kernel, stride, pad, dil, group, bias = case
     ex = build(f"input data {list(shape)}\nc: {layer_text('Convolution', num, kernel, stride, pad, dil, group, bias)}\n",
@@ -137,7 +150,7 @@ def test_deconvolution_forward_matches_scatter_loops(tmp_path, case):
     assert np.abs(got32 - want).max() <= 1e-4 * np.abs(want).max()
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CASES + WINOGRAD_CASES)
 def test_convolution_gradcheck(tmp_path, case):
     shape, num, kernel, stride, pad, dil, group, bias = case
     gradcheck(f"input data {list(shape)}\nc: {layer_text('Convolution', num, kernel, stride, pad, dil, group, bias)}\n",
@@ -149,6 +162,16 @@ def test_deconvolution_gradcheck(tmp_path, case):
     shape, num, kernel, stride, pad, dil, group, bias = case
     gradcheck(f"input data {list(shape)}\nd: {layer_text('Deconvolution', num, kernel, stride, pad, dil, group, bias)}\n",
               tmp_path)
+
+
+@pytest.mark.parametrize("case", CASES + WINOGRAD_CASES)
+def test_winograd_cases_take_that_path(case):
+    shape, num, kernel, stride, pad, dil, group, bias = case
+    n, c, h, w = shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = pair(kernel), pair(stride), pair(pad), pair(dil)
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    geo = Geometry(c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    assert (conv._layout(geo, n, num, groups=group) == "W") == (case in WINOGRAD_CASES)
 
 
 def test_gradcheck_conv_then_deconv(tmp_path):
@@ -232,7 +255,7 @@ def compare_with_torch(torch, tmp_path, kind, case, seed, torch_op):
 
 
 @pytest.mark.optional
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", CASES + WINOGRAD_CASES)
 def test_convolution_matches_torch(tmp_path, case):
     torch = pytest.importorskip("torch")
     _, _, _, stride, pad, dil, group, _ = case
