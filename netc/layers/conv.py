@@ -15,9 +15,9 @@ convolution of dy, and dW[g] = Σ_batch x[g] · col(dy)[g]ᵀ.
 """
 from __future__ import annotations
 
+from netc.layers import winograd
 from netc.layers.base import (LEARNABLE_PARAMS, REQUIRED, LayerType, Param, ParamError, ShapeError,
                               register, spatial_pair)
-from netc.layers import winograd
 from netc.layers.im2col import col2im, conv_geometry, im2col, padded_batch_last, workspace
 from netc.layers.memory_order import as_blob, batch_last, to_batch_last
 from netc.runtime.threads import split, split_gemms
