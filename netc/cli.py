@@ -118,6 +118,26 @@ def run(file, infer, weights_path, inputs, output, blobs, batch, device, allow_m
             click.echo(f"{rank}. {prob:7.2%}  {label}")
 
 
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="net.dot (text, needs nothing), net.svg or net.png (need Graphviz's dot)")
+@click.option("--phase", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--expand", is_flag=True, help="draw each module's layers inside a cluster")
+@click.option("--rankdir", type=click.Choice(["TB", "LR"]), default="TB", show_default=True,
+              help="top to bottom, or left to right")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=D0,D1,...",
+              help="set or override an input's shape, e.g. --input data=1,3,224,224")
+def draw(file, output, phase, expand, rankdir, inputs):
+    """Draw FILE (.net or Caffe .prototxt) as a graph of its layers and modules."""
+    from netc import draw as drawing
+    from netc.compile import compile_net
+
+    net = compile_net(file, phase, _parse_inputs(inputs))
+    _print_warnings(net)
+    drawing.write(net, output, expand, rankdir)
+
+
 @cli.command(name="import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="where to write the .net (default: stdout)")
