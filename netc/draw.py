@@ -72,13 +72,13 @@ def to_dot(net: Net, expand: bool = False, rankdir: str = "TB") -> str:
     """The net as DOT text: one node per layer, or per top-level module instance
     unless `expand` (then modules are clusters)."""
     node_of = {}          # layer name → node id
-    members: dict[tuple[str, ...], list[Layer]] = {}
+    members: dict[str, list[Layer]] = {}    # top-level module → its layers (collapsed drawing)
     for layer in net.layers:
         if layer.module and not expand:
             node_of[layer.name] = "module:" + layer.module[0]
+            members.setdefault(layer.module[0], []).append(layer)
         else:
             node_of[layer.name] = "layer:" + layer.name
-        members.setdefault(layer.module[:1] if not expand else layer.module, []).append(layer)
 
     edges: dict[tuple[str, str], list[str]] = {}
     writer: dict[str, str] = {}          # blob → the node that wrote it last
@@ -105,14 +105,12 @@ def to_dot(net: Net, expand: bool = False, rankdir: str = "TB") -> str:
         for layer in net.layers:
             if not layer.module:
                 lines.append(f"  {_quote(node_of[layer.name])} [label={_quote(_layer_label(net, layer))}];")
-        for path, layers in members.items():
-            if not path:
-                continue
-            outputs = sorted({t for l in layers for t in l.tops if t in read_outside or not _read_later(net, t)},
-                             key=lambda t: [t2 for l in layers for t2 in l.tops].index(t))
+        for module, layers in members.items():
+            # what comes out: blobs read outside the box, or by nothing (its final outputs)
+            outputs = dict.fromkeys(t for l in layers for t in l.tops if t in read_outside or not _read_later(net, t))
             shapes = ", ".join(_shape(net.blob_shapes.get(t)) for t in outputs)
-            label = f"{path[0]}\n{len(layers)} layers" + (f"\n{shapes}" if shapes else "")
-            lines.append(f'  {_quote("module:" + path[0])} [label={_quote(label)}, fillcolor="#dde8f6"];')
+            label = f"{module}\n{len(layers)} layers" + (f"\n{shapes}" if shapes else "")
+            lines.append(f'  {_quote("module:" + module)} [label={_quote(label)}, fillcolor="#dde8f6"];')
     for (source, target), blobs in edges.items():
         shapes = ", ".join(_shape(net.blob_shapes.get(b)) for b in blobs)
         lines.append(f"  {_quote(source)} -> {_quote(target)} [label={_quote(shapes)}];")
