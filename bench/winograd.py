@@ -9,25 +9,15 @@ convolution Winograd could run, the forward time of both ways in the net's real 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
+from cpu import median_time     # bench/ is the script's own directory
+
 ROOT = Path(__file__).resolve().parent.parent
 NETS = {"alexnet": ((3, 227, 227), "fc8"), "googlenet": ((3, 224, 224), "loss3/classifier"),
         "lenet": ((1, 28, 28), "ip2")}
-
-
-def median_ms(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
 
 
 def main() -> None:
@@ -69,7 +59,8 @@ def main() -> None:
         times = []
         for min_columns in (1 << 62, 0):         # direct, then Winograd
             winograd.MIN_COLUMNS = min_columns
-            times.append(median_ms(lambda: conv.forward(p, [bottom], weights[layer.name], ex.ctx, {}), args.runs))
+            times.append(1000 * median_time(lambda: conv.forward(p, [bottom], weights[layer.name], ex.ctx, {}),
+                                                   args.runs))
         winograd.MIN_COLUMNS = chosen
         takes = winograd.plan(geo, p["group"], args.batch) is not None
         totals = [t + s for t, s in zip(totals, times)]

@@ -16,6 +16,7 @@ import subprocess
 from netc.errors import NetcError
 from netc.fileio import write_bytes_atomic, write_text_atomic
 from netc.ir import Layer, Net
+from netc.passes.prune import output_blobs
 
 FORMATS = ("dot", "svg", "png")
 
@@ -55,7 +56,7 @@ def key_parameters(layer: Layer) -> str:
     if layer.type == "InnerProduct":
         return str(p["num_output"])
     if layer.type == "LRN":
-        return f"{p['local_size']}, {p['norm_region']}" if "norm_region" in p else str(p.get("local_size", ""))
+        return f"{p['local_size']}, {p['norm_region']}"
     if layer.type == "Dropout":
         return f"{p['dropout_ratio']:g}"
     return ""
@@ -105,9 +106,10 @@ def to_dot(net: Net, expand: bool = False, rankdir: str = "TB") -> str:
         for layer in net.layers:
             if not layer.module:
                 lines.append(f"  {_quote(node_of[layer.name])} [label={_quote(_layer_label(net, layer))}];")
+        net_outputs = set(output_blobs(net))
         for module, layers in members.items():
-            # what comes out: blobs read outside the box, or by nothing (its final outputs)
-            outputs = dict.fromkeys(t for l in layers for t in l.tops if t in read_outside or not _read_later(net, t))
+            # what comes out: blobs read outside the box, and the net's outputs made in it
+            outputs = dict.fromkeys(t for l in layers for t in l.tops if t in read_outside or t in net_outputs)
             shapes = ", ".join(_shape(net.blob_shapes.get(t)) for t in outputs)
             label = f"{module}\n{len(layers)} layers" + (f"\n{shapes}" if shapes else "")
             lines.append(f'  {_quote("module:" + module)} [label={_quote(label)}, fillcolor="#dde8f6"];')
@@ -116,10 +118,6 @@ def to_dot(net: Net, expand: bool = False, rankdir: str = "TB") -> str:
         lines.append(f"  {_quote(source)} -> {_quote(target)} [label={_quote(shapes)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def _read_later(net: Net, blob: str) -> bool:
-    return any(blob in l.bottoms for l in net.layers)
 
 
 def _clusters(net: Net, lines: list[str], node_of: dict) -> None:

@@ -271,7 +271,7 @@ def backward(xp, dy, wts, p: Plan, groups: int, kept, xb=None, input_hw=None, pa
 def _scatter_tiles(xp, dd, p: Plan, input_hw, pad):
     """The adjoint of cutting the padded input into overlapping α×α tiles: each
     tile's values added back where they came from; (C, H, W, N) without the padding.
-    Tile offset a = s·m + r (r < m): for one (s, u), the tiles' pieces do not
+    Tile offset a = s·m + r (r < m), b = t·m + q: for one (s, t), the tiles' pieces do not
     overlap and fill an (m × m)-blocked view of the image, one add each."""
     ah, aw, c, th, tw, n = dd.shape
     bh, bw = -(-ah // p.mh), -(-aw // p.mw)

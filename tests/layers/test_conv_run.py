@@ -116,38 +116,32 @@ def weights_of(ex, name):
     return [np.array(w) for w in ex.weights[name]]
 
 
-@pytest.mark.parametrize("case", CASES + WINOGRAD_CASES)
-def test_convolution_forward_matches_direct_loops(tmp_path, case):
+def check_forward(tmp_path, kind, case, seed, naive):
+    """One `kind` layer's forward against naive(x, w, b, stride, pad, dilation, group):
+    float64 to rounding, float32 within 1e-4 of the largest value."""
     shape, num, kernel, stride, pad, dil, group, bias = case
-    ex = build(f"input data {list(shape)}\nc: {layer_text('Convolution', num, kernel, stride, pad, dil, group, bias)}\n",
+    ex = build(f"input data {list(shape)}\nl: {layer_text(kind, num, kernel, stride, pad, dil, group, bias)}\n",
                tmp_path)
-    x = np.random.default_rng(1).normal(size=shape)
-    w, *b = weights_of(ex, "c")
-    want = naive_conv(x, w, b[0] if b else None, pair(stride), pair(pad), pair(dil), group)
-    got = np.array(ex.forward({"data": x})["c"])
+    x = np.random.default_rng(seed).normal(size=shape)
+    w, *b = weights_of(ex, "l")
+    want = naive(x, w, b[0] if b else None, pair(stride), pair(pad), pair(dil), group)
+    got = np.array(ex.forward({"data": x})["l"])
     assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-5 * 1e-3, atol=1e-12)
-    ex32 = Executor(ex.net, {"c": [w] + b}, dtype=np.float32)
-    got32 = np.array(ex32.forward({"data": x})["c"])
+    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
+    ex32 = Executor(ex.net, {"l": [w] + b}, dtype=np.float32)
+    got32 = np.array(ex32.forward({"data": x})["l"])
     assert got32.dtype == np.float32
     assert np.abs(got32 - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("case", CASES + WINOGRAD_CASES)
+def test_convolution_forward_matches_direct_loops(tmp_path, case):
+    check_forward(tmp_path, "Convolution", case, 1, naive_conv)
 
 
 @pytest.mark.parametrize("case", DECONV_CASES)
 def test_deconvolution_forward_matches_scatter_loops(tmp_path, case):
-    shape, num, kernel, stride, pad, dil, group, bias = case
-    ex = build(f"input data {list(shape)}\nd: {layer_text('Deconvolution', num, kernel, stride, pad, dil, group, bias)}\n",
-               tmp_path)
-    x = np.random.default_rng(2).normal(size=shape)
-    w, *b = weights_of(ex, "d")
-    want = naive_deconv(x, w, b[0] if b else None, pair(stride), pair(pad), pair(dil), group)
-    got = np.array(ex.forward({"data": x})["d"])
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
-    ex32 = Executor(ex.net, {"d": [w] + b}, dtype=np.float32)
-    got32 = np.array(ex32.forward({"data": x})["d"])
-    assert got32.dtype == np.float32
-    assert np.abs(got32 - want).max() <= 1e-4 * np.abs(want).max()
+    check_forward(tmp_path, "Deconvolution", case, 2, naive_deconv)
 
 
 @pytest.mark.parametrize("case", CASES + WINOGRAD_CASES)
