@@ -107,7 +107,7 @@ def run(file, infer, weights_path, inputs, output, blobs, batch, device, allow_m
         from netc.fileio import write_bytes_atomic
         buffer = io.BytesIO()
         np.savez(buffer, **results)
-        write_bytes_atomic(output, buffer.getvalue())
+        write_bytes_atomic(output, buffer.getvalue(), "output")
     for name, value in results.items():
         click.echo(f"{name}: {list(value.shape)}" + (f" -> {output}" if output else ""))
     if image_inputs:
@@ -148,7 +148,7 @@ def import_(file, output):
 
     text = prototxt_to_net_text(file)
     if output:
-        write_text_atomic(output, text)
+        write_text_atomic(output, text, "output")
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)

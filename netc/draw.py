@@ -149,7 +149,7 @@ def write(net: Net, path: str, expand: bool = False, rankdir: str = "TB") -> Non
                         hint="name the output .dot, .svg or .png")
     text = to_dot(net, expand, rankdir)
     if fmt == "dot":
-        write_text_atomic(path, text)
+        write_text_atomic(path, text, "drawing")
         return
     dot = shutil.which("dot")
     if dot is None:
@@ -159,4 +159,4 @@ def write(net: Net, path: str, expand: bool = False, rankdir: str = "TB") -> Non
     done = subprocess.run([dot, f"-T{fmt}"], input=text.encode(), capture_output=True)
     if done.returncode != 0:
         raise NetcError(f"Graphviz's dot failed to draw {path}: {done.stderr.decode(errors='replace').strip()}")
-    write_bytes_atomic(path, done.stdout)
+    write_bytes_atomic(path, done.stdout, "drawing")

@@ -20,7 +20,17 @@ def open_input(path: str, what: str) -> BinaryIO:
         raise NetcError(f"cannot read {what} '{path}': {e.strerror or e}") from None
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
+def write_bytes_atomic(path: str, data: bytes, what: str = "file") -> None:
+    """Write `data` to `path` (temp file, fsync, rename); any failure is one NetcError
+    naming the file and leaves what was there before untouched."""
+    try:
+        _write_atomic(path, data)
+    except OSError as e:
+        raise NetcError(f"cannot write {what} '{path}': {e.strerror or e}",
+                        hint="check that its folder exists and is writable") from None
+
+
+def _write_atomic(path: str, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".netc-", dir=directory)
     try:
@@ -43,5 +53,5 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+def write_text_atomic(path: str, text: str, what: str = "file") -> None:
+    write_bytes_atomic(path, text.encode("utf-8"), what)

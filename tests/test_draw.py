@@ -131,6 +131,12 @@ def test_svg_without_graphviz_is_a_clear_error(tmp_path):
     assert not (tmp_path / "lenet.svg").exists()
 
 
+def test_an_unwritable_output_is_a_clear_error(tmp_path):
+    done = netc("draw", REPO / "nets" / "lenet.net", "-o", tmp_path / "missing" / "lenet.dot")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "cannot write drawing" in done.stderr and "folder exists" in done.stderr
+
+
 @pytest.mark.skipif(not MODELS.is_dir(), reason="shared/caffe_models missing")
 def test_a_caffe_prototxt_draws_too(tmp_path):
     out = tmp_path / "googlenet.dot"

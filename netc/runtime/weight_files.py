@@ -84,10 +84,7 @@ def save_weights(path, net: Net, weights: Mapping[str, Sequence[np.ndarray]]) ->
     kind = weights_format(path)
     _check_complete(net, weights)
     data = _npz_bytes(net, weights) if kind == "npz" else caffemodel_bytes(net, weights)
-    try:
-        write_bytes_atomic(path, data)
-    except OSError as e:
-        raise NetcError(f"cannot write weights file '{path}': {e.strerror or e}") from None
+    write_bytes_atomic(path, data, "weights file")
 
 
 def _check_complete(net: Net, weights: Mapping[str, Sequence[np.ndarray]]) -> None:
