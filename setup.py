@@ -17,8 +17,9 @@ setup(
     package_data={"netc.grammars": ["*.lark"], "netc.kernels": ["*.cu"], "netc.caffe": ["*.proto"]},
     install_requires=["lark>=1.1.7", "numpy>=1.23", "click>=8.0", "protobuf>=7.35.1", "pillow>=9"],
     extras_require={
-        "test": ["pytest>=7", "grpcio-tools==1.85.1"],
+        "test": ["pytest>=7", "grpcio-tools==1.85.1", "matplotlib>=3.6"],
         "cuda": ["cupy-cuda12x"],
+        "plot": ["matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["netc=netc.cli:main"]},
 )

@@ -48,24 +48,32 @@ def cli(ctx, debug):
               help="set or override an input's shape, e.g. --input data=1,3,224,224")
 @click.option("--phase", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the machine-readable summary")
-def check(file, inputs, phase, as_json):
+@click.option("--summary", "as_summary", is_flag=True,
+              help="one screen: totals and the biggest layers by parameters, MACs and memory")
+def check(file, inputs, phase, as_json, as_summary):
     """Check FILE (.net or Caffe .prototxt): shapes, parameters, MACs."""
     from netc.compile import compile_net
-    from netc.report import table, to_json
+    from netc.report import summary, table, to_json
 
+    if as_json and as_summary:
+        raise NetcError("--json and --summary are two views of the same check", None, "give one of them")
     net = compile_net(file, phase, _parse_inputs(inputs))
     _print_warnings(net)
     if as_json:
         click.echo(json.dumps(to_json(net), indent=1))
+    elif as_summary:
+        click.echo(summary(net))
     else:
         click.echo(table(net))
 
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--train", "train", is_flag=True, help="train with the net's solver (the default without --infer)")
 @click.option("--infer", is_flag=True, help="run the net forward on the given inputs")
 @click.option("--weights", "weights_path", type=click.Path(dir_okay=False),
-              help=".npz or .caffemodel; without it, the weights come from the fillers (--seed)")
+              help=".npz or .caffemodel; with --train the starting weights (fine-tuning), "
+                   "else the fillers' values (--seed)")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE",
               help="an input blob's data: a .npy array (first axis: examples) or an image")
 @click.option("--output", type=click.Path(dir_okay=False), help="write the output blobs to this .npz")
@@ -176,6 +184,68 @@ def layers(type_name):
         extra = f" (also: {', '.join(p.aliases)})" if p.aliases else ""
         choices = f" one of {', '.join(p.choices)}" if p.choices else ""
         click.echo(f"  {p.name:24} {p.kind:7} {default}{choices}{extra}")
+
+
+@cli.group()
+def viz():
+    """Pictures of a net's numbers: learned kernels, feature maps (PNG)."""
+
+
+@viz.command()
+@click.argument("weights", type=click.Path(dir_okay=False))
+@click.option("--net", "net_path", required=True, type=click.Path(dir_okay=False),
+              help="the .net or .prototxt the weights belong to")
+@click.option("--layer", required=True, help="a Convolution or Deconvolution layer, e.g. conv1")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="the picture (.png)")
+@click.option("--scale", type=click.IntRange(min=1), help="pixels per kernel value (default: tiles of 40 px or more)")
+@click.option("--channel-order", type=click.Choice(["bgr", "rgb"]), default="bgr", show_default=True,
+              help="the input channels' order, for 3-channel kernels (Caffe's nets read BGR)")
+def filters(weights, net_path, layer, output, scale, channel_order):
+    """Draw a layer's learned kernels from WEIGHTS (.npz or .caffemodel) as a grid of tiles."""
+    from netc.viz.filters import draw_filters
+
+    shape = draw_filters(weights, net_path, layer, output, scale, channel_order)
+    click.echo(f"{layer}: {shape[0]} kernels of {shape[1]}x{shape[2]}x{shape[3]} -> {output}", err=True)
+
+
+@viz.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--weights", "weights_path", type=click.Path(dir_okay=False),
+              help=".npz or .caffemodel; without it, the weights come from the fillers (--seed)")
+@click.option("--input", "inputs", multiple=True, required=True, metavar="NAME=FILE",
+              help="an input blob's data: an image or a .npy array (its first example is drawn)")
+@click.option("--layer", required=True, help="a layer (its first output) or a blob, e.g. conv2")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="the picture (.png)")
+@click.option("--scale", type=click.IntRange(min=1), help="pixels per value (default: tiles of 32 px or more)")
+@click.option("--allow-missing", is_flag=True, help="layers the weights file lacks keep their fillers' values")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the fillers' generator")
+def activations(file, weights_path, inputs, layer, output, scale, allow_missing, seed):
+    """Run FILE on an input and draw one layer's feature maps as heat maps."""
+    from netc.viz.activations import blob_for, draw_activations, load_inputs
+
+    arrays = load_inputs(file, inputs)
+    blob = blob_for(file, layer)
+    if weights_path is None:
+        click.echo(f"netc: no --weights: the weights are the fillers' values (seed {seed})", err=True)
+    shape = draw_activations(file, arrays, blob, output, weights_path, seed, scale, allow_missing)
+    click.echo(f"{blob}: {shape[0]} maps of {shape[1]}x{shape[2]} -> {output}", err=True)
+
+
+@cli.command()
+@click.argument("log", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="the picture: .png (or .svg, .pdf)")
+@click.option("--size", default="1000x700", show_default=True, metavar="WxH", help="the picture's size in pixels")
+def plot(log, output, size):
+    """Plot training loss and test accuracy against iterations from a JSON-lines LOG."""
+    from netc.viz.curves import plot_log
+
+    width, sep, height = size.partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and int(width) >= 100 and int(height) >= 100):
+        raise NetcError(f"--size '{size}' is not WIDTHxHEIGHT", None, "e.g. --size 1000x700 (100 pixels or more)")
+    curves = plot_log(log, output, (int(width), int(height)))
+    click.echo(f"{len(curves.train_loss)} training and {max((len(i) for i, _ in curves.test.values()), default=0)}"
+               f" test points -> {output}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

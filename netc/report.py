@@ -108,3 +108,55 @@ def table(net: Net) -> str:
                  f"({_human_bytes(params * BYTES_PER_VALUE)}), {_human(macs)} MACs, "
                  f"{_human_bytes(acts)} of activations")
     return "\n".join(lines)
+
+
+def source_shapes(net: Net) -> dict[str, tuple[int, ...]]:
+    """The blobs fed from outside the net: the tops of layers that read nothing
+    (Input and the data sources alike; net.inputs covers only Input)."""
+    return {top: net.blob_shapes[top] for layer in net.layers if not layer.bottoms
+            for top in layer.tops if top in net.blob_shapes}
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:5.1f}%" if whole else "    -"
+
+
+def _top_rows(title: str, entries: list[tuple[str, str, int]], whole: int, fmt, count: int = 5) -> list[str]:
+    """Up to `count` (name, type, value) entries, largest first, ties in net order."""
+    ranked = sorted((e for e in entries if e[2] > 0), key=lambda e: -e[2])[:count]
+    if not ranked:
+        return [f"{title}: none"]
+    name_w = max(len(e[0]) for e in ranked)
+    type_w = max(len(e[1]) for e in ranked)
+    values = [fmt(e[2]) for e in ranked]
+    value_w = max(len(v) for v in values)
+    return [f"{title}:"] + [f"  {n:{name_w}}  {t:{type_w}}  {v:>{value_w}}  {_share(x, whole)}"
+                            for (n, t, x), v in zip(ranked, values)]
+
+
+def summary(net: Net) -> str:
+    """One screen about the whole net: inputs, totals and the five biggest layers by
+    parameters, by MACs and by the activation memory of their outputs."""
+    sources = source_shapes(net)
+    batch = next((s[0] for s in sources.values() if s), None)
+    params = total_params(net)
+    macs = sum(net.layer_info[l.name].macs for l in net.layers)
+    acts = sum(activation_bytes(net, l) for l in net.layers)
+    per_example = f", {_human(macs // batch)} per example" if batch and batch > 1 else ""
+    lines = [
+        f"{net.name} ({net.phase}), from {net.source}",
+        "inputs:      " + (", ".join(f"{name} {_shape(shape)}" for name, shape in sources.items()) or "none"),
+        f"layers:      {len(net.layers)}",
+        f"parameters:  {params:,} ({_human_bytes(params * BYTES_PER_VALUE)} as float32)",
+        f"MACs:        {_human(macs)} ({macs:,}) for the batch{per_example}",
+        f"activations: {_human_bytes(acts)} ({acts:,} B) as float32 for the batch: every blob of one",
+        "             forward pass once (in-place tops add nothing); no gradients, no workspace",
+    ]
+    entries = [(l.name, l.type, net.layer_info[l.name]) for l in net.layers]
+    lines.append("")
+    lines += _top_rows("largest by parameters", [(n, t, i.num_params) for n, t, i in entries],
+                       params, lambda v: f"{v:,}")
+    lines += _top_rows("largest by MACs", [(n, t, i.macs) for n, t, i in entries], macs, _human)
+    lines += _top_rows("largest by output memory", [(l.name, l.type, activation_bytes(net, l)) for l in net.layers],
+                       acts, _human_bytes)
+    return "\n".join(lines)

@@ -151,4 +151,4 @@ def test_a_caffe_prototxt_draws_too(tmp_path):
 def test_graphviz_renders(tmp_path, fmt, magic):
     out = tmp_path / f"googlenet.{fmt}"
     assert netc("draw", REPO / "nets" / "googlenet.net", "-o", out).returncode == 0
-    assert magic in out.read_bytes()[:200]
+    assert magic in out.read_bytes()[:1000]   # graphviz writes a comment header before <svg
