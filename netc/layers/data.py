@@ -4,7 +4,8 @@ A source's output shape is [batch_size, C, H, W] for the data top (after crop_si
 and [batch_size] for the label top. C, H, W come from `shape=[C, H, W]` when given,
 else from the source itself where that is cheap (an IDX or .npy header; CIFAR-10 is
 always 3x32x32); Caffe's database-backed Data layer cannot know them, and asks for
-`netc check --input data=N,C,H,W`.
+`netc check --input data=N,C,H,W`. Data is looked for where the net says, then in
+$NETC_DATA (netc.data.locate), exactly as the loader (netc.data) looks for it.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import struct
 import zipfile
 
+from netc.data.locate import DataNotFound, find_data, locate
 from netc.layers.base import REQUIRED, LayerType, Param, ParamError, ShapeError, register
 
 
@@ -57,6 +59,9 @@ TRANSFORM_PARAMS = (
           doc="random crop in training, centre crop in testing"),
     Param("mean_file", "str", None, message="transform_param", path=True),
     Param("mean_value", "floats", (), message="transform_param"),
+    Param("pca_color", "float", 0.0, minimum=0, message="transform_param",
+          doc="AlexNet's PCA colour augmentation in training: the std of each component's weight "
+              "(AlexNet: 0.1); 0 is off"),
 )
 _SOURCE = Param("source", "str", REQUIRED, doc="where the data is", path=True)
 _BATCH = Param("batch_size", "int", REQUIRED, minimum=1, aliases=("batch",))
@@ -134,6 +139,7 @@ class Data(_DataSource):
 def read_mean_file_shape(path: str | None) -> tuple[int, ...] | None:
     """C, H, W of a Caffe mean file (a binary BlobProto), or None where there is none.
     A file that exists but is no BlobProto is an error naming it."""
+    path = locate(path)
     if not path or not os.path.isfile(path):
         return None
     from netc.caffe.blobproto import read_blobproto_dims
@@ -146,6 +152,14 @@ def read_mean_file_shape(path: str | None) -> tuple[int, ...] | None:
     if len(dims) != 3 or any(d < 1 for d in dims):
         raise UnknownShape(f"the mean file '{path}' holds no C×H×W image (its shape is {list(dims)})")
     return dims
+
+
+def _find(named: str) -> str:
+    """The data a source names, where netc's loader would find it (netc.data.locate)."""
+    try:
+        return find_data(named)
+    except DataNotFound as err:
+        raise UnknownShape(f"{err.message}; to get it: {err.hint}") from None
 
 
 def _idx_images_file(path: str, split: str) -> str:
@@ -186,7 +200,7 @@ class IDXData(_DataSource):
               Param("shuffle", "bool", None)) + TRANSFORM_PARAMS
 
     def read_example_shape(self, p):
-        dims = read_idx_header(_idx_images_file(p["source_path"], p["split"]))
+        dims = read_idx_header(_idx_images_file(_find(p["source_path"]), p["split"]))
         if len(dims) == 3:
             return (1, dims[1], dims[2])
         if len(dims) == 4:   # N, H, W, C colour images
@@ -242,7 +256,7 @@ class NpyData(_DataSource):
               Param("shuffle", "bool", None)) + TRANSFORM_PARAMS
 
     def read_example_shape(self, p):
-        shape = read_npy_shape(p["source_path"], p["data_key"])
+        shape = read_npy_shape(_find(p["source_path"]), p["data_key"])
         if len(shape) < 2:
             raise UnknownShape(f"'{p['source']}' holds shape {list(shape)}; examples need a leading batch axis")
         return tuple(shape[1:])
