@@ -15,7 +15,8 @@ setup(
     packages=find_packages(include=["netc", "netc.*"]) + ["netc.grammars", "netc.kernels"],
     package_dir={"netc": "netc", "netc.grammars": "grammars", "netc.kernels": "kernels"},
     package_data={"netc.grammars": ["*.lark"], "netc.kernels": ["*.cu"], "netc.caffe": ["*.proto"]},
-    install_requires=["lark>=1.1.7", "numpy>=1.23", "click>=8.0", "protobuf>=7.35.1", "pillow>=9"],
+    install_requires=["lark>=1.1.7", "numpy>=1.23", "click>=8.0", "protobuf>=7.35.1", "pillow>=9",
+                      "tqdm>=4.60"],
     extras_require={
         "test": ["pytest>=7", "grpcio-tools==1.85.1", "matplotlib>=3.6"],
         "cuda": ["cupy-cuda12x"],

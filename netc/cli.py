@@ -82,18 +82,34 @@ def check(file, inputs, phase, as_json, as_summary):
 @click.option("--device", default="cpu", show_default=True, help="cpu (cuda: later)")
 @click.option("--allow-missing", is_flag=True, help="layers the weights file lacks keep their fillers' values")
 @click.option("--labels", type=click.Path(dir_okay=False), help="class names, one per line (for images)")
-@click.option("--seed", type=int, default=0, show_default=True, help="seed of the fillers' generator")
+@click.option("--seed", type=int, help="seed of every generator (default: the solver's random_seed, else 0)")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-def run(file, infer, weights_path, inputs, output, blobs, batch, device, allow_missing, labels, seed, dtype):
-    """Run FILE (.net or .prototxt): inference with --infer."""
+@click.option("--iters", type=click.IntRange(min=0), help="train until this iteration (overrides max_iter)")
+@click.option("--snapshot-dir", type=click.Path(file_okay=False),
+              help="where snapshots go (default: the solver's snapshot_prefix)")
+@click.option("--resume", type=click.Path(dir_okay=False), help="go on from a .solverstate.npz snapshot")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="append JSON lines: one per display step, one per test (for netc plot)")
+@click.option("--solver", "solver_path", type=click.Path(dir_okay=False),
+              help="a Caffe solver.prototxt (for nets without a solver block)")
+def run(file, train, infer, weights_path, inputs, output, blobs, batch, device, allow_missing, labels, seed,
+        dtype, iters, snapshot_dir, resume, log_path, solver_path):
+    """Run FILE (.net or .prototxt): train it (the default), or --infer on inputs."""
     import numpy as np
 
     from netc.runtime import infer as inference
 
-    if not infer:
-        raise NetcError("netc run needs --infer for now", None, "training (--train) is not built yet")
+    if train and infer:
+        raise NetcError("give --train or --infer, not both")
     if device != "cpu":
         raise NetcError(f"device '{device}' is not available", None, "the CUDA backend is not built yet: use --device cpu")
+    if not infer:
+        if inputs:
+            raise NetcError("--input is for inference", None, "add --infer to run the net on these inputs")
+        _train(file, weights_path, seed, np.dtype(dtype).type, iters, snapshot_dir, resume, log_path, solver_path)
+        return
+    if seed is None:
+        seed = 0
     arrays, image_inputs = {}, []
     for text in inputs:
         name, sep, path = text.partition("=")
@@ -124,6 +140,23 @@ def run(file, infer, weights_path, inputs, output, blobs, batch, device, allow_m
         for rank, (cls, prob) in enumerate(inference.top_k(scores[0]), start=1):
             label = names[cls] if names and cls < len(names) else f"class {cls}"
             click.echo(f"{rank}. {prob:7.2%}  {label}")
+
+
+def _train(file, weights_path, seed, dtype, iters, snapshot_dir, resume, log_path, solver_path) -> None:
+    from netc.train.progress import TerminalReporter
+    from netc.train.trainer import Trainer, TrainOptions
+
+    options = TrainOptions(iters=iters, seed=seed, snapshot_dir=snapshot_dir, resume=resume,
+                           weights=weights_path, solver_file=solver_path, log=log_path, dtype=dtype)
+    trainer = Trainer(file, options, TerminalReporter())
+    result = trainer.run()
+    for it, results in result.tests[-1:]:
+        shown = ", ".join(f"{name} {value:.4f}" for name, value in results.items())
+        click.echo(f"final test (iteration {it}): {shown}")
+    if result.interrupted:
+        state = result.snapshot[:-4] + ".solverstate.npz"
+        click.echo(f"netc: interrupted at iteration {result.iteration}; go on with --resume {state}", err=True)
+        sys.exit(130)
 
 
 @cli.command()
