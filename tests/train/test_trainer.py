@@ -262,3 +262,17 @@ def test_snapshot_weights_load_for_inference(tmp_path):
     test = np.load(tmp_path / "set2.npz")
     out = executor.forward({"data": test["data"][:20], "label": test["label"][:20]})
     assert 0.0 <= float(out["accuracy"]) <= 1.0
+
+
+def test_a_half_written_solver_state_is_refused(tmp_path):
+    """What a killed writer could leave, were writes not atomic: netc must not load it."""
+    path = _net(str(tmp_path), "SGD(base_lr=0.01, momentum=0.9, max_iter=3)")
+    _, result = _train(path, tmp_path)
+    state = result.snapshot[:-4] + ".solverstate.npz"
+    data = open(state, "rb").read()
+    half = tmp_path / "half.solverstate.npz"
+    half.write_bytes(data[: len(data) // 2])
+    with pytest.raises(NetcError, match="not a netc solver state"):
+        Trainer(path, TrainOptions(resume=str(half)))
+    # and the snapshot folder holds only finished files: no temp file is left behind
+    assert all(not name.startswith(".netc-") for name in os.listdir(os.path.dirname(state)))
