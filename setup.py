@@ -18,7 +18,7 @@ setup(
     install_requires=["lark>=1.1.7", "numpy>=1.23", "click>=8.0", "protobuf>=7.35.1", "pillow>=9",
                       "tqdm>=4.60"],
     extras_require={
-        "test": ["pytest>=7", "grpcio-tools==1.85.1", "matplotlib>=3.6"],
+        "test": ["pytest>=7", "grpcio-tools==1.85.1", "matplotlib>=3.6", "hypothesis>=6"],
         "cuda": ["cupy-cuda12x"],
         "plot": ["matplotlib>=3.6"],
     },

@@ -50,21 +50,40 @@ def cli(ctx, debug):
 @click.option("--json", "as_json", is_flag=True, help="print the machine-readable summary")
 @click.option("--summary", "as_summary", is_flag=True,
               help="one screen: totals and the biggest layers by parameters, MACs and memory")
-def check(file, inputs, phase, as_json, as_summary):
-    """Check FILE (.net or Caffe .prototxt): shapes, parameters, MACs."""
-    from netc.compile import compile_net
-    from netc.report import summary, table, to_json
+@click.option("--memory", "with_offsets", is_flag=True, help="show each output's offset in the memory arena")
+@click.option("--budget", metavar="SIZE", help="the largest batch whose memory fits SIZE, e.g. 8GiB or 512MB")
+def check(file, inputs, phase, as_json, as_summary, with_offsets, budget):
+    """Check FILE (.net or Caffe .prototxt): shapes, parameters, MACs, memory."""
+    from netc.compile import build_ir, compile_net
+    from netc.passes.memory import largest_batch, parse_size, plan_memory
+    from netc.report import memory_lines, summary, table, to_json
 
     if as_json and as_summary:
         raise NetcError("--json and --summary are two views of the same check", None, "give one of them")
-    net = compile_net(file, phase, _parse_inputs(inputs))
+    overrides = _parse_inputs(inputs)
+    budget_bytes = parse_size(budget) if budget is not None else None
+    net = compile_net(file, phase, overrides)
     _print_warnings(net)
+    plan = plan_memory(net, phase)
+    fits = None
+    if budget_bytes is not None:
+        batch, at_batch = largest_batch(build_ir(file, phase), budget_bytes, overrides, phase)
+        fits = {"budget_bytes": budget_bytes, "batch": batch, "planned_bytes": at_batch.planned_bytes,
+                "total_bytes": at_batch.total_bytes}
     if as_json:
-        click.echo(json.dumps(to_json(net), indent=1))
-    elif as_summary:
+        out = to_json(net, plan)
+        if fits is not None:
+            out["budget"] = fits
+        click.echo(json.dumps(out, indent=1))
+        return
+    if as_summary:
         click.echo(summary(net))
+        click.echo("\n".join(memory_lines(plan)))
     else:
-        click.echo(table(net))
+        click.echo(table(net, plan, offsets=with_offsets))
+    if fits is not None:
+        click.echo(f"largest batch within {budget}: {fits['batch']} "
+                   f"({fits['total_bytes']:,} B: arena {fits['planned_bytes']:,} B and the parameters)")
 
 
 @cli.command()

@@ -20,8 +20,25 @@ def activation_bytes(net: Net, layer) -> int:
                if top not in layer.bottoms)
 
 
-def to_json(net: Net) -> dict:
-    """The `netc check --json` contract (see the README)."""
+def memory_json(plan) -> dict:
+    """The "memory" object of `netc check --json`: bytes, for plan.phase."""
+    return {"phase": plan.phase, "naive_bytes": plan.naive_bytes, "planned_bytes": plan.planned_bytes,
+            "lower_bound_bytes": plan.lower_bound_bytes, "params_bytes": plan.params_bytes}
+
+
+def memory_lines(plan) -> list[str]:
+    """The memory plan's three figures, and the parameters beside them."""
+    own = "blobs" + (" and gradients" if plan.phase == "train" else "")
+    return [
+        f"memory ({plan.phase}): planned {_human_bytes(plan.planned_bytes)} in one arena, "
+        f"lower bound {_human_bytes(plan.lower_bound_bytes)}, naive {_human_bytes(plan.naive_bytes)} ({own} apart)",
+        f"  + {_human_bytes(plan.params_bytes)} of weights"
+        + (", their gradients and the solver's history" if plan.phase == "train" else ""),
+    ]
+
+
+def to_json(net: Net, plan=None) -> dict:
+    """The `netc check --json` contract (see the README); "memory" with a memory plan."""
     layers = []
     for layer in net.layers:
         info = net.layer_info[layer.name]
@@ -35,7 +52,7 @@ def to_json(net: Net) -> dict:
         "layers": layers,
         "total_params": total_params(net),
         "total_macs": sum(l["macs"] for l in layers),
-    }
+    } | ({"memory": memory_json(plan)} if plan is not None else {})
 
 
 def total_params(net: Net) -> int:
@@ -72,10 +89,25 @@ def _shape(shape) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]" if shape else "[] (scalar)"
 
 
-def table(net: Net) -> str:
+def _offsets(plan, layer) -> str:
+    """Where a layer's outputs (and, in training, their gradients) sit in the arena."""
+    from netc.passes.memory import gradient
+    parts = []
+    for value in plan.layer_tops.get(layer.name, ()):
+        at = plan.offset_of(value)
+        text = "-" if at is None else f"{at:,}"
+        grad = plan.offset_of(gradient(value))
+        parts.append(text if grad is None else f"{text} ∂{grad:,}")
+    return " ".join(parts) or "-"
+
+
+def table(net: Net, plan=None, offsets: bool = False) -> str:
     """A readable table: layer, type, output shape(s), parameters, MACs, activation bytes,
-    grouped under their module instance where modules were used."""
-    head = ("layer", "type", "output", "params", "MACs", "activations")
+    grouped under their module instance where modules were used; with a memory plan its
+    figures under the table (the totals line stays last) and, with offsets, each
+    output's offset in the arena (∂: its gradient's)."""
+    offsets = offsets and plan is not None
+    head = ("layer", "type", "output", "params", "MACs", "activations") + (("offset",) if offsets else ())
     rows: list[tuple[str, ...] | str] = []
     current_module: tuple[str, ...] = ()
     for layer in net.layers:
@@ -92,7 +124,8 @@ def table(net: Net) -> str:
             outputs += " (in place)"
         rows.append((name, layer.type, outputs, f"{info.num_params:,}" if info.num_params else "-",
                      _human(info.macs) if info.macs else "-",
-                     _human_bytes(activation_bytes(net, layer)) if activation_bytes(net, layer) else "-"))
+                     _human_bytes(activation_bytes(net, layer)) if activation_bytes(net, layer) else "-")
+                    + ((_offsets(plan, layer),) if offsets else ()))
     widths = [max(len(head[i]), *(len(r[i]) for r in rows if isinstance(r, tuple))) for i in range(len(head))]
     lines = []
     fmt = lambda r: "  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
@@ -101,6 +134,8 @@ def table(net: Net) -> str:
     for r in rows:
         lines.append(f"[{r}]" if isinstance(r, str) else fmt(r).rstrip())
     lines.append("  ".join("-" * w for w in widths))
+    if plan is not None:
+        lines += memory_lines(plan)
     params = total_params(net)
     macs = sum(i.macs for i in net.layer_info.values())
     acts = sum(activation_bytes(net, l) for l in net.layers)
@@ -108,6 +143,7 @@ def table(net: Net) -> str:
                  f"({_human_bytes(params * BYTES_PER_VALUE)}), {_human(macs)} MACs, "
                  f"{_human_bytes(acts)} of activations")
     return "\n".join(lines)
+
 
 
 def source_shapes(net: Net) -> dict[str, tuple[int, ...]]:

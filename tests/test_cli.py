@@ -71,7 +71,7 @@ def test_check_prints_a_table_with_totals(lenet):
 
 def test_json_contract(lenet):
     out = check_json(lenet)
-    assert set(out) == {"net", "phase", "inputs", "blobs", "layers", "total_params", "total_macs"}
+    assert set(out) == {"net", "phase", "inputs", "blobs", "layers", "total_params", "total_macs", "memory"}
     assert out["net"] == "LeNet" and out["phase"] == "test"
     assert out["inputs"] == {"data": [64, 1, 28, 28], "label": [64]}
     assert out["blobs"]["pool2"] == [64, 50, 4, 4]

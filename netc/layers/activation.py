@@ -5,7 +5,7 @@ Dropout (inverted, as Caffe): train y = x·mask/(1 − ratio), test y = x.
 """
 from __future__ import annotations
 
-from netc.layers.base import LayerType, Param, ParamError, register
+from netc.layers.base import LayerType, Param, ParamError, count, register
 
 
 class _Elementwise(LayerType):
@@ -13,6 +13,14 @@ class _Elementwise(LayerType):
 
     def infer(self, p, bottoms, ntops):
         return [bottoms[0]]
+
+    # Sigmoid's and TanH's derivatives are functions of the output (y(1 − y), 1 − y²):
+    # the input may be overwritten.
+    def may_run_in_place(self, p):
+        return True
+
+    def backward_keeps(self, p):
+        return (), (0,)
 
 
 @register
@@ -22,6 +30,17 @@ class ReLU(_Elementwise):
     params = (Param("negative_slope", "float", 0.0),)
     positional = ("negative_slope",)
     message = "relu_param"
+
+    # With slope ≥ 0, x > 0 exactly where y > 0: the backward can read the output,
+    # so the input's buffer is free to take it. A negative slope flips the sign.
+    def may_run_in_place(self, p):
+        return p["negative_slope"] >= 0
+
+    def backward_keeps(self, p):
+        return ((), (0,)) if p["negative_slope"] >= 0 else ((0,), ())
+
+    def preserves_sign(self, p):
+        return p["negative_slope"] >= 0
 
     # y = x if x > 0 else slope·x;  ∂y/∂x = 1 if x > 0 else slope
     def forward(self, p, bottoms, weights, ctx, state):
@@ -86,6 +105,15 @@ class Dropout(_Elementwise):
             raise ParamError(f"dropout_ratio must be between 0 and 1 (exclusive), not {p['dropout_ratio']:g}",
                              param="dropout_ratio")
         return p
+
+    def backward_keeps(self, p):
+        return (), ()
+
+    def preserves_sign(self, p):
+        return True
+
+    def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
+        return count(bottoms[0]) * dtype_bytes if train else 0     # the scaled mask; testing is the identity
 
     # train: keep each unit with probability 1 − ratio and scale it by 1/(1 − ratio);
     # test: the identity. state["mask"] holds mask/(1 − ratio) (0 or the scale) for backward.

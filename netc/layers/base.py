@@ -252,6 +252,41 @@ class LayerType:
     def default_loss_weight(self) -> float:
         return 1.0 if self.is_loss else 0.0
 
+    # --- memory (netc.passes.memory) ----------------------------------------------------
+    # What the memory planner must know of a type. The defaults are the safe answers: a
+    # backward that reads every input and output, no scratch memory, never in place.
+
+    def may_run_in_place(self, p: dict) -> bool:
+        """Whether the output may take the input's buffer (and, in the backward, the
+        input's gradient the output's): an elementwise forward. The planner still
+        declines where a backward reads the input (see backward_keeps)."""
+        return False
+
+    def preserves_sign(self, p: dict) -> bool:
+        """Whether y > 0 exactly where x > 0, or y = 0: a ReLU's output overwritten by
+        such a layer in place still tells the ReLU's backward where to pass gradients
+        (Caffe's relu6 then drop6, both in place)."""
+        return False
+
+    def output_is_view(self, p: dict) -> bool:
+        """Whether every output is the input's memory, reinterpreted (Flatten, Split)."""
+        return False
+
+    def backward_keeps(self, p: dict) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+        """(bottom indices, top indices): the forward values backward reads; None: all."""
+        return None, None
+
+    def kept_bytes(self, p: dict, bottoms: list[Shape], tops: list[Shape], dtype_bytes: int,
+                   train: bool) -> int:
+        """Scratch the forward makes and, in training, keeps for the backward (masks,
+        arg-maxes, scales); in inference it lives only during the forward."""
+        return 0
+
+    def workspace_bytes(self, p: dict, bottoms: list[Shape], tops: list[Shape], dtype_bytes: int,
+                        backward: bool = False) -> int:
+        """Scratch that lives only during one forward (or backward) call."""
+        return 0
+
 
 REGISTRY: dict[str, LayerType] = {}
 

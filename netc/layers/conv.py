@@ -227,6 +227,41 @@ def _columns_batch_major(xp, x, geo, groups: int, n: int):
     return im2col(xp, x, geo, "C").reshape(groups, geo.rows // groups, -1)
 
 
+def _scratch_values(geo, n: int, co: int, groups: int, bias: bool, backward: bool) -> int:
+    """Values of the scratch arrays one call makes besides its inputs and outputs, as
+    the code above allocates them (the NumPy runtime's workspace slots and temporaries).
+    A training forward's kept columns are left out: the memory plan has the backward
+    make them again, as Caffe does, rather than hold every layer's columns at once."""
+    layout = _layout(geo, n, co, backward=backward, groups=groups)
+    pixels = n * geo.oh * geo.ow
+    hb, wb = max(geo.span_h(), geo.ph + geo.h), max(geo.span_w(), geo.pw + geo.w)
+    padded_input = geo.c * hb * wb * n
+    if layout == "W":
+        wp = winograd.plan(geo, groups, n)
+        eh, ew = wp.input_extent()
+        tiles = wp.tiles_h * wp.tiles_w * n
+        freq = wp.alpha_h * wp.alpha_w
+        d = freq * geo.c * tiles                      # input tiles; V and the transform's half the same
+        u = freq * co * (geo.c // groups)
+        m = freq * co * tiles
+        padded_output = co * wp.tiles_h * wp.mh * wp.tiles_w * wp.mw * n
+        xb = geo.c * max(hb, eh) * max(wb, ew) * n
+        if not backward:
+            return xb + 3 * d + u + m + wp.mh * wp.mw * co * tiles + padded_output
+        # dy batch-last, its tiles, dM, then dV and dD (the input's size) and their sum
+        return (co * pixels + xb + 3 * d + u + padded_output + wp.mh * wp.mw * co * tiles + m
+                + 2 * d + geo.c * (wp.tiles_h + 1) * wp.mh * (wp.tiles_w + 1) * wp.mw * n)
+    if layout == "1":
+        return 0 if not backward else co * pixels + 2 * geo.c * geo.h * geo.w * n
+    cols = (geo.rows + (layout == "T" and bias and groups == 1)) * pixels
+    if not backward:
+        return padded_input + cols + (co * pixels if layout == "C" else 0)
+    # dy rearranged (not "N"), the columns again, their gradient, col2im's sum;
+    # "N" keeps one weight gradient per image before summing them
+    extra = n * co * geo.rows // groups if layout == "N" else co * pixels
+    return extra + 2 * padded_input + 2 * cols
+
+
 _CONV_PARAMS = (
     Param("num_output", "int", REQUIRED, minimum=1, doc="output channels"),
     Param("bias_term", "bool", True),
@@ -283,6 +318,9 @@ class _ConvolutionBase(LayerType):
                              "with group g, both the input channels and num_output must be multiples of g",
                              param="group", bottom=0)
         return n, c, h, w
+
+    def backward_keeps(self, p):
+        return (0,), ()     # the input, for the weight gradient
 
     @staticmethod
     def extent(p: dict) -> tuple[int, int]:
@@ -391,6 +429,11 @@ class Convolution(_ConvolutionBase):
                 dx = col2im(xp, xp.matmul(wmat.transpose(0, 2, 1), dy_b, out=dcol), geo, n, layout)
         return [dx], grads
 
+    def workspace_bytes(self, p, bottoms, tops, dtype_bytes, backward=False):
+        n, c, h, w = bottoms[0]
+        geo = conv_geometry(p, c, h, w, tops[0][2], tops[0][3])
+        return _scratch_values(geo, n, p["num_output"], p["group"], p["bias_term"], backward) * dtype_bytes
+
     def param_shapes(self, p, bottoms):
         kh, kw = p["kernel"]
         shapes = [(p["num_output"], bottoms[0][1] // p["group"], kh, kw)]
@@ -452,6 +495,16 @@ class Deconvolution(_ConvolutionBase):
             wmat = wts.reshape(groups, cin // groups, -1)
             dx = _from_batch_major(xp, xp.matmul(wmat, cols), n, h, w)
         return [dx], grads
+
+    def workspace_bytes(self, p, bottoms, tops, dtype_bytes, backward=False):
+        # the column matrix of the output's size (rows × N·H·W) and the padded output
+        # col2im sums into; backward: dy's columns, its padded copy and dx batch-major
+        n, c, h, w = bottoms[0]
+        geo = conv_geometry(p, tops[0][1], tops[0][2], tops[0][3], h, w)
+        hb, wb = max(geo.span_h(), geo.ph + geo.h), max(geo.span_w(), geo.pw + geo.w)
+        cols = 0 if geo.one_by_one else geo.rows * n * h * w
+        values = cols + n * geo.c * hb * wb + (n * c * h * w if backward else 0)
+        return values * dtype_bytes
 
     def param_shapes(self, p, bottoms):
         kh, kw = p["kernel"]

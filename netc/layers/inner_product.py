@@ -23,6 +23,9 @@ class InnerProduct(LayerType):
         axis = canonical_axis(p["axis"], bottoms[0])
         return [bottoms[0][:axis] + (p["num_output"],)]
 
+    def backward_keeps(self, p):
+        return (0,), ()     # the input, for the weight gradient
+
     def param_shapes(self, p, bottoms):
         k = count(bottoms[0][canonical_axis(p["axis"], bottoms[0]):])
         weight = (k, p["num_output"]) if p["transpose"] else (p["num_output"], k)

@@ -80,6 +80,9 @@ class Softmax(LayerType):
     params = (Param("axis", "int", 1),)
     message = "softmax_param"
 
+    def backward_keeps(self, p):
+        return (), (0,)
+
     def infer(self, p, bottoms, ntops):
         canonical_axis(p["axis"], bottoms[0])
         return [bottoms[0]]
@@ -103,6 +106,12 @@ class SoftmaxWithLoss(LayerType):
     min_bottoms = max_bottoms = 2
     num_tops = (1, 2)   # the second top, if asked for, is the softmax probabilities
     is_loss = True
+
+    def backward_keeps(self, p):
+        return (), ()
+
+    def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
+        return count(bottoms[0]) * dtype_bytes      # the probabilities (labels: a few bytes more)
 
     def infer(self, p, bottoms, ntops):
         axis = canonical_axis(p["axis"], bottoms[0])
@@ -157,6 +166,12 @@ class EuclideanLoss(LayerType):
     summary = "sum of squared differences / 2N; two bottoms of equal size"
     min_bottoms = max_bottoms = 2
     is_loss = True
+
+    def backward_keeps(self, p):
+        return (), ()
+
+    def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
+        return count(bottoms[0]) * dtype_bytes      # a − b
 
     def infer(self, p, bottoms, ntops):
         a, b = bottoms

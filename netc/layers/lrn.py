@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from netc.layers.base import LayerType, Param, ParamError, ShapeError, register
+from netc.layers.base import LayerType, Param, ParamError, ShapeError, count, register
 
 
 def _window_sum(xp, a, axis: int, n: int):
@@ -68,6 +68,13 @@ class LRN(LayerType):
         if len(bottoms[0]) != 4:
             raise ShapeError(f"LRN needs a 4-d input (N, C, H, W), got {list(bottoms[0])}", bottom=0)
         return [bottoms[0]]
+
+    # --- memory -----------------------------------------------------------------------
+    def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
+        return 2 * count(bottoms[0]) * dtype_bytes      # scale and scale^β
+
+    def workspace_bytes(self, p, bottoms, tops, dtype_bytes, backward=False):
+        return count(bottoms[0]) * dtype_bytes * (2 if backward else 1)   # x² (dy·y/scale and its window sum)
 
     # --- running --------------------------------------------------------------------
     @staticmethod

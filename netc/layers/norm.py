@@ -6,7 +6,7 @@ Scale: y = x·γ (+ β) with γ broadcast over axes axis..axis+num_axes, or γ f
 from __future__ import annotations
 
 from netc.ir import Filler
-from netc.layers.base import LayerType, Param, ParamError, ShapeError, register
+from netc.layers.base import LayerType, Param, ParamError, ShapeError, count, register
 
 
 @register
@@ -21,6 +21,17 @@ class BatchNorm(LayerType):
     message = "batch_norm_param"
     can_be_in_place = True
     learnable = True   # its blobs are state, updated by the layer itself (Caffe sets lr_mult 0)
+
+    def may_run_in_place(self, p):
+        return True
+
+    def backward_keeps(self, p):
+        return (), ()
+
+    def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
+        # the normalised output y as its own copy (as Caffe's x_norm_ in place), so that
+        # a Scale that runs in place after it does not change what the backward reads
+        return count(bottoms[0]) * dtype_bytes if train else 0
 
     def infer(self, p, bottoms, ntops):
         if len(bottoms[0]) < 2:
@@ -98,6 +109,13 @@ class Scale(LayerType):
     min_bottoms, max_bottoms = 1, 2
     can_be_in_place = True
     learnable = True
+
+    # elementwise, but ∂γ = Σ ∂y·x reads the input: in place only where no backward runs
+    def may_run_in_place(self, p):
+        return True
+
+    def backward_keeps(self, p):
+        return (0, 1), ()
 
     def normalize(self, p):
         if p["num_axes"] < -1:

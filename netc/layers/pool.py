@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from netc.errors import NetcError
 from netc.layers.base import LayerType, Param, ParamError, ShapeError, register, spatial_pair
+from netc.layers.base import count as _count
 from netc.layers.im2col import workspace
 from netc.layers.memory_order import as_blob, batch_last, in_order_of
 from netc.runtime.threads import split
@@ -437,6 +438,26 @@ class Pooling(LayerType):
             for j, cols in enumerate(_offsets(kw, sw, ow)):
                 buf[_at(axes, rows, cols)] += xp.where(arg == i * kw + j, g, zero)
         return [blob(_crop(xp, buf, pad, h, w, axes))], []
+
+    # --- memory -----------------------------------------------------------------------
+    def backward_keeps(self, p):
+        # MAX finds each window's arg-max again from x and y; AVE needs only the shapes
+        return ((0,), (0,)) if p["pool"] == "MAX" else ((), ())
+
+    def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
+        # with the mask top, the forward's arg-max (int32) is kept for the backward
+        return 4 * _count(tops[0]) if train and p["pool"] == "MAX" and len(tops) == 2 else 0
+
+    def workspace_bytes(self, p, bottoms, tops, dtype_bytes, backward=False):
+        # the input in a buffer from −pad holding every window; backward adds an
+        # arg-max per output (int32) for the scatter
+        n, c, h, w = bottoms[0]
+        kernel, stride, pad, out = _window(p, h, w)
+        (hb, wb), (ph, pw) = _buffer_size(kernel, stride, pad, out, h, w), pad
+        padded = 0 if (ph, pw) == (0, 0) and (hb, wb) == (h, w) else n * c * hb * wb * dtype_bytes
+        if not backward:
+            return padded + n * c * hb * out[1] * dtype_bytes     # the windows reduced along W first
+        return padded + (4 * _count(tops[0]) if p["pool"] == "MAX" else 0)
 
     def rounding_matters(self, p, bottom) -> bool:
         """Whether floor rounding (PyTorch, TensorFlow) would give another shape."""

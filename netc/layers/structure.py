@@ -15,6 +15,9 @@ class Concat(LayerType):
     message = "concat_param"
     max_bottoms = None
 
+    def backward_keeps(self, p):
+        return (), ()       # the backward needs only the shapes
+
     def normalize(self, p):
         if p["concat_dim"] is not None:   # Caffe's legacy spelling of axis
             p["axis"] = p["concat_dim"]
@@ -74,6 +77,9 @@ class Slice(LayerType):
             p["axis"] = p["slice_dim"]
         return p
 
+    def backward_keeps(self, p):
+        return (), ()       # the backward needs only the shapes
+
     def infer(self, p, bottoms, ntops):
         shape = bottoms[0]
         axis = canonical_axis(p["axis"], shape)
@@ -121,6 +127,12 @@ class Split(LayerType):
     def infer(self, p, bottoms, ntops):
         return [bottoms[0]] * ntops
 
+    def backward_keeps(self, p):
+        return (), ()       # the backward needs only the shapes
+
+    def output_is_view(self, p):
+        return True
+
     # every top is the bottom itself (no layer modifies its inputs); gradients add up
     def forward(self, p, bottoms, weights, ctx, state):
         return [bottoms[0]] * state["ntops"]
@@ -137,6 +149,12 @@ class Split(LayerType):
 class _ViewOfInput(LayerType):
     """A layer whose output is its input with another shape (its own shape rule):
     the same values, so the gradient is the output's gradient reshaped back."""
+
+    def backward_keeps(self, p):
+        return (), ()       # the backward needs only the shapes
+
+    def output_is_view(self, p):
+        return True
 
     def forward(self, p, bottoms, weights, ctx, state):
         x = bottoms[0]
@@ -224,6 +242,13 @@ class Eltwise(LayerType):
     message = "eltwise_param"
     min_bottoms, max_bottoms = 2, None
 
+    def backward_keeps(self, p):
+        # SUM needs nothing, MAX its winners (kept), PROD every input and the output
+        return ((), ()) if p["operation"] != "PROD" else (None, (0,))
+
+    def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
+        return 4 * count(tops[0]) if p["operation"] == "MAX" else 0
+
     def infer(self, p, bottoms, ntops):
         if p["coeff"]:
             if p["operation"] != "SUM":
@@ -297,6 +322,9 @@ class Silence(LayerType):
 
     def default_tops(self, name):
         return ()
+
+    def backward_keeps(self, p):
+        return (), ()       # the backward needs only the shapes
 
     def infer(self, p, bottoms, ntops):
         return []
