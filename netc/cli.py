@@ -129,16 +129,7 @@ def run(file, train, infer, weights_path, inputs, output, blobs, batch, device, 
         return
     if seed is None:
         seed = 0
-    arrays, image_inputs = {}, []
-    for text in inputs:
-        name, sep, path = text.partition("=")
-        if not name or not sep or not path:
-            raise NetcError(f"--input '{text}' is not NAME=FILE", None, "e.g. --input data=batch.npy")
-        if path.lower().endswith(inference.IMAGE_SUFFIXES):
-            arrays[name] = inference.load_image(path, file, name)
-            image_inputs.append(name)
-        else:
-            arrays[name] = inference.load_array(path)
+    arrays, image_inputs = inference.load_inputs(file, inputs)
     if weights_path is None:
         click.echo(f"netc: no --weights: the weights are the fillers' values (seed {seed})", err=True)
     wanted = [b.strip() for b in blobs.split(",") if b.strip()] if blobs else None
@@ -273,9 +264,10 @@ def filters(weights, net_path, layer, output, scale, channel_order):
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the fillers' generator")
 def activations(file, weights_path, inputs, layer, output, scale, allow_missing, seed):
     """Run FILE on an input and draw one layer's feature maps as heat maps."""
-    from netc.viz.activations import blob_for, draw_activations, load_inputs
+    from netc.runtime.infer import load_inputs
+    from netc.viz.activations import blob_for, draw_activations
 
-    arrays = load_inputs(file, inputs)
+    arrays, _ = load_inputs(file, inputs)
     blob = blob_for(file, layer)
     if weights_path is None:
         click.echo(f"netc: no --weights: the weights are the fillers' values (seed {seed})", err=True)

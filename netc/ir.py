@@ -3,6 +3,7 @@ and one phase is chosen. Immutable; passes return new Nets (dataclasses.replace)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -117,6 +118,22 @@ class Net:
     def inputs(self) -> dict[str, Shape]:
         return {top: self.blob_shapes.get(top) for layer in self.layers if layer.type == "Input"
                 for top in layer.tops}
+
+    @property
+    def num_params(self) -> int:
+        """Learnable values, counting a parameter shared by name once."""
+        seen: set[str] = set()
+        total = 0
+        for layer in self.layers:
+            info = self.layer_info[layer.name]
+            for i, shape in enumerate(info.param_shapes):
+                name = layer.param_specs[i].name if i < len(layer.param_specs) else None
+                if name is not None:
+                    if name in seen:
+                        continue
+                    seen.add(name)
+                total += math.prod(shape)
+        return total
 
     def layer(self, name: str) -> Layer:
         for layer in self.layers:

@@ -57,18 +57,7 @@ def to_json(net: Net, plan=None) -> dict:
 
 def total_params(net: Net) -> int:
     """Learnable values, counting a parameter shared by name once."""
-    seen: set[str] = set()
-    total = 0
-    for layer in net.layers:
-        info = net.layer_info[layer.name]
-        for i, shape in enumerate(info.param_shapes):
-            name = layer.param_specs[i].name if i < len(layer.param_specs) else None
-            if name is not None:
-                if name in seen:
-                    continue
-                seen.add(name)
-            total += _count(shape)
-    return total
+    return net.num_params
 
 
 def _human(n: int, unit: str = "") -> str:

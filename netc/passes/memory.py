@@ -403,16 +403,7 @@ def _best_fit(buffers: list[Buffer], order, alignment: int) -> tuple[list[int], 
 def params_bytes(net: Net, train: bool, dtype_bytes: int = 4) -> int:
     """The learnable blobs (shared ones once); in training with their gradients and the
     solver's history."""
-    seen: set[str] = set()
-    values = 0
-    for layer in net.layers:
-        for i, shape in enumerate(net.layer_info[layer.name].param_shapes):
-            name = layer.param_specs[i].name if i < len(layer.param_specs) else None
-            if name is not None:
-                if name in seen:
-                    continue
-                seen.add(name)
-            values += _count(shape)
+    values = net.num_params
     copies = 1
     if train:
         solver = net.solver.type if net.solver is not None else "SGD"

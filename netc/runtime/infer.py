@@ -39,6 +39,22 @@ def load_array(path: str) -> np.ndarray:
                         "inputs are .npy files (numpy.save), or images") from None
 
 
+def load_inputs(net_path: str, specs: tuple[str, ...]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """--input NAME=FILE pairs as arrays, and the names given as images (prepared as the
+    net's input wants them; any other file is a .npy/.npz array)."""
+    arrays, images = {}, []
+    for text in specs:
+        name, sep, path = text.partition("=")
+        if not name or not sep or not path:
+            raise NetcError(f"--input '{text}' is not NAME=FILE", None, "e.g. --input data=batch.npy or data=cat.jpg")
+        if path.lower().endswith(IMAGE_SUFFIXES):
+            arrays[name] = load_image(path, net_path, name)
+            images.append(name)
+        else:
+            arrays[name] = load_array(path)
+    return arrays, images
+
+
 def declared_batch(ir: Net, name: str) -> int | None:
     """The batch the file itself gives the input `name`: an Input's shape or a source's batch_size."""
     for layer in ir.layers:

@@ -20,22 +20,6 @@ SEP = 2
 SEPARATOR = (96, 112, 128)    # a blue-grey that the heat map never produces
 
 
-def load_inputs(net_path: str, specs: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """NAME=FILE pairs as arrays: images prepared as the net's input wants them, else .npy."""
-    from netc.runtime import infer
-
-    arrays = {}
-    for text in specs:
-        name, sep, path = text.partition("=")
-        if not name or not sep or not path:
-            raise NetcError(f"--input '{text}' is not NAME=FILE", None, "e.g. --input data=cat.jpg or data=x.npy")
-        if path.lower().endswith(infer.IMAGE_SUFFIXES):
-            arrays[name] = infer.load_image(path, net_path, name)
-        else:
-            arrays[name] = infer.load_array(path)
-    return arrays
-
-
 def blob_for(net_path: str, layer_or_blob: str) -> str:
     """The blob a --layer names: a layer's first top, or a blob by its own name."""
     from netc.compile import build_ir
