@@ -163,16 +163,32 @@ def test_explicit_in_place_that_a_backward_needs_is_an_error():
     text = """input data [2, 4, 6, 6]
 input label [2]
 c: Convolution(data, 4, kernel=1, weight=xavier)
-p: Pooling(c, MAX, kernel=3, stride=1, pad=1)
-r: ReLU(p)!
+p: Sigmoid(c)
+r: TanH(p)!
 head: InnerProduct(p, 3, weight=xavier)
 loss: SoftmaxWithLoss(head, label)
 """
     with pytest.raises(NetcError) as err:
         plan_memory(compiled(text, "train"))
-    assert "'r' changes 'p' in place" in err.value.message and "Pooling 'p'" in err.value.message
+    assert "'r' changes 'p' in place" in err.value.message and "Sigmoid 'p'" in err.value.message
     assert err.value.span is not None and err.value.span.line == 6
     plan_memory(compiled(text, "test"))       # inference: no backward, no error
+
+
+@pytest.mark.parametrize("after", ["ReLU", "Dropout"])
+def test_in_place_after_max_pooling_is_fine(after):
+    """MAX pooling's backward finds its arg-max again from its input alone, so a layer
+    may overwrite its output in place: Caffe's cifar10_full (ReLU) and NiN (Dropout)."""
+    text = """input data [2, 4, 6, 6]
+input label [2]
+c: Convolution(data, 4, kernel=1, weight=xavier)
+p: Pooling(c, MAX, kernel=3, stride=1, pad=1)
+r: %s(p)!
+head: InnerProduct(p, 3, weight=xavier)
+loss: SoftmaxWithLoss(head, label)
+""" % after
+    plan = plan_memory(compiled(text, "train"))
+    assert plan.values["p@r"] == plan.values["p"]
 
 
 def test_caffe_relu_then_dropout_in_place_is_fine():

@@ -120,9 +120,10 @@ def _from_nchw(xp, dy, layout: str):
     return out.reshape(co, -1)
 
 
-def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, keep: dict | None = None):
-    """y = conv(x) (+ bias): (N, Co, OH, OW). wts: [Co, C/g, kh, kw]. keep: a dict (the
-    layer's state) to leave the column matrix in for the backward (see _columns)."""
+def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int):
+    """y = conv(x) (+ bias): (N, Co, OH, OW). wts: [Co, C/g, kh, kw]. Nothing is kept
+    for the backward but the input (as Caffe, the backward makes the columns again:
+    keeping them would cost kh·kw times the input's memory until the backward)."""
     co = wts.shape[0]
     wmat = wts.reshape(groups, co // groups, -1)
     kg, pix = geo.rows // groups, geo.oh * geo.ow
@@ -130,24 +131,24 @@ def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, keep: dict | None 
     if layout == "W":
         p = winograd.plan(geo, groups, n)
         xb = padded_batch_last(xp, x, geo, extent=p.input_extent())
-        return as_blob(winograd.forward(xp, xb, wts, bias, p, groups, keep))
+        return as_blob(winograd.forward(xp, xb, wts, bias, p, groups))
     if layout == "T" and _bias_in_gemm(geo, groups, bias):
         # the bias as one more column of the weights, against a row of ones in the
         # columns: the GEMM adds it (and the backward's GEMM sums its gradient), which
         # saves a pass over the output (and one over its gradient)
-        cols = _columns(xp, x, geo, layout, keep, ones_row=True)
+        cols = _columns(xp, x, geo, layout, ones_row=True)
         wmat = xp.concatenate([wts.reshape(co, -1), bias.reshape(co, 1)], axis=1)
         r = xp.matmul(wmat, cols.reshape(geo.rows + 1, -1))
         return as_blob(r.reshape(co, geo.oh, geo.ow, n))
     if layout == "T":
         # the GEMM's result (Co, OH·OW·N) is the output, ordered batch-last
-        cols = _columns(xp, x, geo, layout, keep).reshape(groups, kg, n * pix)
+        cols = _columns(xp, x, geo, layout).reshape(groups, kg, n * pix)
         r = xp.matmul(wmat, cols).reshape(co, -1)
         if bias is not None:
             r += bias.reshape(co, 1)
         return as_blob(r.reshape(co, geo.oh, geo.ow, n))
     if layout == "C":
-        cols = _columns(xp, x, geo, layout, keep).reshape(groups, kg, n * pix)
+        cols = _columns(xp, x, geo, layout).reshape(groups, kg, n * pix)
         r = xp.matmul(wmat, cols, out=workspace(xp, (groups, co // groups, n * pix), x.dtype, "gemm"))
         return _to_nchw(xp, r.reshape(co, -1), bias, n, geo.oh, geo.ow)
     if layout == "1":
@@ -158,18 +159,15 @@ def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, keep: dict | None 
     # Layout "N": im2col, one GEMM per image and the bias, slice by slice of the batch,
     # the slices on several threads when the GEMMs are small (LeNet's conv1).
     y = xp.empty((n, co, geo.oh, geo.ow), dtype=x.dtype)
-    kept = None if keep is None else xp.empty((n, geo.rows, pix), dtype=x.dtype)
 
     def run(a, b):
-        cols = im2col(xp, x[a:b], geo, "N", out=None if kept is None else kept[a:b])
+        cols = im2col(xp, x[a:b], geo, "N")
         ys = y[a:b]
         xp.matmul(wmat, cols.reshape(b - a, groups, kg, pix), out=ys.reshape(b - a, groups, co // groups, pix))
         if bias is not None:
             ys += bias.reshape(1, co, 1, 1)
 
     split_gemms(xp, n, co // groups * kg * pix, run)
-    if kept is not None:
-        keep["cols"] = ("N", kept)
     return y
 
 
@@ -192,32 +190,20 @@ def _bias_in_gemm(geo, groups: int, bias) -> bool:
     return bias is not None and groups == 1 and not geo.one_by_one
 
 
-def _columns(xp, x, geo, layout: str, keep: dict | None, ones_row: bool = False):
-    """im2col(x) in `layout`. A training forward passes its state as `keep`: the columns
-    are then a new array left there for the backward's weight gradient, which need not
-    make them again (_kept_columns); costs their memory (Caffe makes them twice).
-    A 1×1 convolution's columns in layout "T" are its input itself. ones_row: the
-    columns (rows·L values) followed by L ones, one more row (layout "T" only)."""
+def _columns(xp, x, geo, layout: str, ones_row: bool = False):
+    """im2col(x) in `layout`, in a workspace. A 1×1 convolution's columns in layout
+    "T" are its input itself. ones_row: the columns (rows·L values) followed by L
+    ones, one more row (layout "T" only)."""
     if geo.one_by_one and layout == "T":
         return padded_batch_last(xp, x, geo)
     size = geo.rows * x.shape[0] * geo.oh * geo.ow
-    if keep is None and not ones_row:
+    if not ones_row:
         return im2col(xp, x, geo, layout)
     length = size // geo.rows
-    total = size + (length if ones_row else 0)
-    buf = xp.empty(total, dtype=x.dtype) if keep is not None else workspace(xp, (total,), x.dtype)
+    buf = workspace(xp, (size + length,), x.dtype)
     im2col(xp, x, geo, layout, out=buf[:size])
-    if ones_row:
-        buf[size:] = 1
-    if keep is not None:
-        keep["cols"] = (layout + ("+1" if ones_row else ""), buf)
+    buf[size:] = 1
     return buf
-
-
-def _kept_columns(state: dict, layout: str):
-    """The columns the forward kept in `layout` (given up: freed once used), or None."""
-    kept = state.pop("cols", None)
-    return kept[1] if kept is not None and kept[0] == layout else None
 
 
 def _columns_batch_major(xp, x, geo, groups: int, n: int):
@@ -230,8 +216,8 @@ def _columns_batch_major(xp, x, geo, groups: int, n: int):
 def _scratch_values(geo, n: int, co: int, groups: int, bias: bool, backward: bool) -> int:
     """Values of the scratch arrays one call makes besides its inputs and outputs, as
     the code above allocates them (the NumPy runtime's workspace slots and temporaries).
-    A training forward's kept columns are left out: the memory plan has the backward
-    make them again, as Caffe does, rather than hold every layer's columns at once."""
+    The backward makes the columns again, as Caffe does: a training step never holds
+    every layer's columns at once."""
     layout = _layout(geo, n, co, backward=backward, groups=groups)
     pixels = n * geo.oh * geo.ow
     hb, wb = max(geo.span_h(), geo.ph + geo.h), max(geo.span_w(), geo.pw + geo.w)
@@ -353,8 +339,7 @@ class Convolution(_ConvolutionBase):
     def forward(self, p, bottoms, weights, ctx, state):
         x = bottoms[0]
         bias = weights[1] if p["bias_term"] else None
-        return [_conv_forward(ctx.xp, x, weights[0], bias, self._geometry(p, x), p["group"], x.shape[0],
-                              keep=state if ctx.train else None)]
+        return [_conv_forward(ctx.xp, x, weights[0], bias, self._geometry(p, x), p["group"], x.shape[0])]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         xp, x, dy = ctx.xp, bottoms[0], top_diffs[0]
@@ -366,10 +351,9 @@ class Convolution(_ConvolutionBase):
         layout = _layout(geo, n, co, backward=True, x=x, groups=groups)
         if layout == "W":
             wp = winograd.plan(geo, groups, n)
-            kept = state.pop("winograd", None)
-            xb = None if kept is not None else padded_batch_last(xp, x, geo, extent=wp.input_extent())
+            xb = padded_batch_last(xp, x, geo, extent=wp.input_extent())
             dy_b = to_batch_last(xp, dy, out=workspace(xp, (co, geo.oh, geo.ow, n), dy.dtype, "dy"))
-            dx, dw, db = winograd.backward(xp, dy_b, wts, wp, groups, kept, xb,
+            dx, dw, db = winograd.backward(xp, dy_b, wts, wp, groups, xb,
                                            input_hw=(geo.h, geo.w) if need[0] else None, pad=(geo.ph, geo.pw))
             return [None if dx is None else as_blob(dx)], [dw] + ([db] if p["bias_term"] else [])
         if layout == "N":
@@ -379,12 +363,11 @@ class Convolution(_ConvolutionBase):
             # the whole batch's pixels (OpenBLAS splits that one poorly).
             # Per slice of the batch (on several threads when the GEMMs are small), the
             # sum over the batch taken afterwards in one order whatever the threading.
-            kept = _kept_columns(state, "N")
             dy_n = dy.reshape(n, groups, cog, pix)
             dws = xp.empty((n, groups, cog, kg), dtype=dy.dtype)
 
             def run(a, b):
-                cols = im2col(xp, x[a:b], geo, "N") if kept is None else kept[a:b]
+                cols = im2col(xp, x[a:b], geo, "N")
                 xp.matmul(dy_n[a:b], cols.reshape(b - a, groups, kg, pix).transpose(0, 1, 3, 2), out=dws[a:b])
 
             split_gemms(xp, n, cog * kg * pix, run)
@@ -405,15 +388,12 @@ class Convolution(_ConvolutionBase):
         bias = weights[1] if p["bias_term"] else None
         if layout == "T" and _bias_in_gemm(geo, groups, bias):
             # the forward's row of ones: the weight gradient's last column is the bias's
-            cols = _kept_columns(state, "T+1")
-            if cols is None:
-                cols = _columns(xp, x, geo, layout, None, ones_row=True)
+            cols = _columns(xp, x, geo, layout, ones_row=True)
             both = _weight_gradient(xp, dy_b, cols.reshape(1, kg + 1, -1), pieces)[0]
             grads = [both[:, :kg].reshape(wts.shape), both[:, kg].copy()]
         else:
             if layout != "1":
-                cols = _kept_columns(state, layout)
-                cols = (_columns(xp, x, geo, layout, None) if cols is None else cols)
+                cols = _columns(xp, x, geo, layout)
             cols = cols.reshape(groups, kg, -1)
             dw = _weight_gradient(xp, dy_b, cols, pieces).reshape(wts.shape)
             grads = [dw] + ([dy_b.reshape(co, -1).sum(axis=1)] if p["bias_term"] else [])

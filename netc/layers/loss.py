@@ -111,7 +111,11 @@ class SoftmaxWithLoss(LayerType):
         return (), ()
 
     def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
-        return count(bottoms[0]) * dtype_bytes      # the probabilities (labels: a few bytes more)
+        # the probabilities, the labels as int64 (8-byte aligned after them) and, with
+        # ignore_label, which labels count
+        labels = count(bottoms[1])
+        valid = labels if p["ignore_label"] is not None else 0
+        return -(-count(bottoms[0]) * dtype_bytes // 8) * 8 + 8 * labels + valid
 
     def infer(self, p, bottoms, ntops):
         axis = canonical_axis(p["axis"], bottoms[0])

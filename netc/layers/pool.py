@@ -410,14 +410,18 @@ class Pooling(LayerType):
                 return [xp.broadcast_to(g, x.shape).copy()], []
             arg = state.get("argmax")
             if arg is None:
-                arg = self._argmax(xp, x, tops[0], kernel, stride, pad, out)
+                arg = self._argmax(xp, x, None, kernel, stride, pad, out)
             picks = xp.arange(h * w, dtype=xp.int32).reshape(1, 1, h, w) == arg
             return [xp.where(picks, dy, dy.dtype.type(0))], []
         # the gradient in the order of the input, pooled as the forward did
         a, axes, blob = self._in_order(x)
-        y, g = tops[0], in_order_of(xp, dy, x)
+        g, y = in_order_of(xp, dy, x), None
+        if p["pool"] == "MAX" and state.get("argmax") is None:
+            # the maxima made again from x (a forward's work): the backward reads no
+            # output, so the next layer may overwrite it in place (Caffe's NiN: Dropout)
+            y = self.forward(p, [x], [], ctx, {"ntops": 1})[0]
         if axes == CHWN:
-            y, g = batch_last(y), batch_last(g)
+            y, g = (None if y is None else batch_last(y)), batch_last(g)
         buffer_shape = _spatial_shape(a.shape, axes, *_buffer_size(kernel, stride, pad, out, h, w))
         if p["pool"] == "AVE":
             g = g / _ave_divisor(xp, dy.dtype, h, w, kernel, stride, pad, out, axes)
@@ -441,8 +445,8 @@ class Pooling(LayerType):
 
     # --- memory -----------------------------------------------------------------------
     def backward_keeps(self, p):
-        # MAX finds each window's arg-max again from x and y; AVE needs only the shapes
-        return ((0,), (0,)) if p["pool"] == "MAX" else ((), ())
+        # MAX finds each window's arg-max again from x; AVE needs only the shapes
+        return ((0,), ()) if p["pool"] == "MAX" else ((), ())
 
     def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
         # with the mask top, the forward's arg-max (int32) is kept for the backward

@@ -209,10 +209,9 @@ def _transformed_input(xp, xb, p: Plan, groups: int, tr):
     return _sandwich(xp, bt_h, bt_w, d).reshape(ah, aw, groups, c // groups, th * tw * n)
 
 
-def forward(xp, xb, wts, bias, p: Plan, groups: int, keep: dict | None = None):
+def forward(xp, xb, wts, bias, p: Plan, groups: int):
     """y (Co, OH, OW, N), contiguous, of the input xb (C, Hb, Wb, N) zero-padded as the
-    convolution pads it, up to at least p.input_extent(). keep: a dict to leave the
-    transformed input and weights in, for `backward`."""
+    convolution pads it, up to at least p.input_extent()."""
     n = xb.shape[3]
     co = wts.shape[0]
     tr = _transforms(xp, p, xb.dtype)
@@ -222,8 +221,6 @@ def forward(xp, xb, wts, bias, p: Plan, groups: int, keep: dict | None = None):
     u = _weights(xp, wts, p, groups, tr)
     m = xp.matmul(u, v, out=workspace(xp, (ah, aw, groups, co // groups, v.shape[-1]), xb.dtype, "winograd_m"))
     y_tiles = _sandwich(xp, at_h, at_w, m.reshape(ah, aw, -1)).reshape(p.mh, p.mw, co, th, tw, n)
-    if keep is not None:
-        keep["winograd"] = (v, u)
     exact = (th * p.mh, tw * p.mw) == (p.oh, p.ow)
     shape = (co, th * p.mh, tw * p.mw, n)
     y = xp.empty(shape, dtype=xb.dtype) if exact else workspace(xp, shape, xb.dtype, "winograd_y")
@@ -236,9 +233,9 @@ def forward(xp, xb, wts, bias, p: Plan, groups: int, keep: dict | None = None):
     return y if exact else xp.ascontiguousarray(y[:, :p.oh, :p.ow])
 
 
-def backward(xp, dy, wts, p: Plan, groups: int, kept, xb=None, input_hw=None, pad=(0, 0)):
-    """Gradients of `forward` for dy (Co, OH, OW, N): (dx, dW, db). kept: the
-    (V, U) forward left, or None to transform xb again. dx (C, H, W, N), contiguous,
+def backward(xp, dy, wts, p: Plan, groups: int, xb, input_hw=None, pad=(0, 0)):
+    """Gradients of `forward` for dy (Co, OH, OW, N): (dx, dW, db), transforming the
+    padded input xb (as `forward` takes it) again. dx (C, H, W, N), contiguous,
     is made when input_hw = (H, W) is given (the input's size, `pad` its padding);
     db is Σ dy per output channel."""
     co, n = wts.shape[0], dy.shape[3]
@@ -246,8 +243,7 @@ def backward(xp, dy, wts, p: Plan, groups: int, kept, xb=None, input_hw=None, pa
     tr = _transforms(xp, p, dy.dtype)
     (at_h, g_h, bt_h), (at_w, g_w, bt_w) = tr
     ah, aw, th, tw = p.alpha_h, p.alpha_w, p.tiles_h, p.tiles_w
-    v, u = kept if kept is not None else (_transformed_input(xp, xb, p, groups, tr),
-                                          _weights(xp, wts, p, groups, tr))
+    v, u = _transformed_input(xp, xb, p, groups, tr), _weights(xp, wts, p, groups, tr)
     # dY: dy cut into tiles (zero beyond the output where the tiles overhang it)
     if (th * p.mh, tw * p.mw) != (p.oh, p.ow):
         padded = workspace(xp, (co, th * p.mh, tw * p.mw, n), dy.dtype, "winograd_y")

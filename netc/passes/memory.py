@@ -23,6 +23,7 @@ Weights, their gradients and the solver's history are apart (params_bytes).
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
 from typing import Mapping
@@ -71,6 +72,10 @@ class MemoryPlan:
         return None if name is None else self._by_name()[name].offset
 
     def _by_name(self) -> dict[str, Buffer]:
+        return self._buffers_by_name
+
+    @functools.cached_property
+    def _buffers_by_name(self) -> dict[str, Buffer]:
         return {b.name: b for b in self.buffers}
 
     @property
@@ -106,13 +111,18 @@ def _loss_tops(net: Net) -> set[tuple[str, int]]:
     return out
 
 
-def _backward_layers(net: Net) -> tuple[set[int], set[str]]:
+def _backward_layers(net: Net, everything: bool = False) -> tuple[set[int], set[str]]:
     """The layers whose backward runs in training, and the blobs given gradients:
-    as Executor._depends_on_weights and Executor.backward decide."""
+    as Executor._depends_on_weights and Executor.backward decide. everything: every
+    layer and blob (the executor's force_backward, for gradient checks)."""
     learning: set[int] = set()
     learned: set[str] = set()
     for i, layer in enumerate(net.layers):
-        if net.layer_info[layer.name].param_shapes or any(b in learned for b in layer.bottoms):
+        if everything:
+            if layer.bottoms or layer.type == "DummyData":
+                learning.add(i)
+            learned.update(layer.tops)
+        elif net.layer_info[layer.name].param_shapes or any(b in learned for b in layer.bottoms):
             learning.add(i)
             learned.update(layer.tops)
     return learning, learned
@@ -151,13 +161,20 @@ class _Values:
 
 
 def plan_memory(net: Net, phase: str | None = None, dtype_bytes: int = 4,
-                alignment: int = ALIGNMENT) -> MemoryPlan:
-    """The memory plan of a checked net for `phase` (default: the net's own)."""
+                alignment: int = ALIGNMENT, keep: tuple[str, ...] = (),
+                backward: str | None = None) -> MemoryPlan:
+    """The memory plan of a checked net for `phase` (default: the net's own).
+
+    keep: blobs whose last values must outlive the forward (read by the caller, as
+    the net's outputs are). backward: "learned" (training's: what depends on weights),
+    "all" (every layer's, every blob's gradient, kept to the end: gradient checks) or
+    "none"; by default "learned" in training and "none" in inference."""
     phase = phase or net.phase
-    train = phase == "train"
+    backward = backward or ("learned" if phase == "train" else "none")
+    train = backward != "none"
     layers = net.layers
     nf = len(layers)
-    learning, learned = _backward_layers(net) if train else (set(), set())
+    learning, learned = _backward_layers(net, backward == "all") if train else (set(), set())
     losses = _loss_tops(net) if train else set()
 
     # values: one per write of a blob (an in-place layer writes a new one)
@@ -180,10 +197,15 @@ def plan_memory(net: Net, phase: str | None = None, dtype_bytes: int = 4,
     for v, uses in vals.uses.items():
         if len(uses) == 1:          # read by no layer: an output, wanted at the end of the forward
             uses.append(nf - 1)
+    for blob in keep:
+        if blob in current:
+            vals.uses[current[blob]].append(nf - 1)
 
     # the backward schedule and which values get gradients
     has_diff = {tops_of[i][j] for i, layer in enumerate(layers) for j in range(len(layer.tops))
                 if (layer.name, j) in losses}
+    if backward == "all":       # any last value may be given a gradient (Executor.backward's seeds)
+        has_diff.update(current.values())
     bstep: dict[int, int] = {}
     for i in reversed(range(nf)):
         if i in learning and any(t in has_diff for t in tops_of[i]):
@@ -224,6 +246,10 @@ def plan_memory(net: Net, phase: str | None = None, dtype_bytes: int = 4,
     for v in diff_values:
         if not vals.uses[gradient(v)]:
             vals.uses[gradient(v)] = [nf]
+    if backward == "all":       # seeded before the first backward; every gradient read at the end
+        end = nf + len(bstep) - 1 if bstep else nf
+        for v in diff_values:
+            vals.uses[gradient(v)] += [nf, max(end, nf)]
 
     _check_explicit_in_place(net, bottoms_of, tops_of, owners, bstep, train)
     aliases = _share_buffers(net, vals, bottoms_of, tops_of, bstep, sign_only)
@@ -267,7 +293,7 @@ def _lower_bound(buffers: list[Buffer], nsteps: int) -> int:
     """The most bytes live at one step."""
     if not buffers:
         return 0
-    live = numpy.zeros(nsteps + 1, dtype=numpy.int64)
+    live = numpy.zeros(max(nsteps, max(b.last for b in buffers) + 1) + 1, dtype=numpy.int64)
     for b in buffers:
         live[b.first] += b.size
         live[b.last + 1] -= b.size

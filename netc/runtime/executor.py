@@ -4,6 +4,14 @@ particular: each layer type's forward and backward come from the registry.
 Loss: every top with a non-zero loss weight adds weight·Σtop (Caffe's rule; a loss
 layer's weight defaults to 1). Backward seeds each such top's gradient with its
 weight and sums the gradients of a blob read by several layers (Caffe's Split).
+
+Memory: by default every value and every gradient is a view into one arena laid out
+by the memory plan (netc.passes.memory), allocated once when the executor is made; a
+layer's output is written into its place there, so a buffer the plan gives several
+values in turn holds each while it is alive. memory="separate" gives every value its
+own array instead (Caffe's allocation): the reference the arena is tested against.
+A value is named as the plan names it: the blob's name for its first write, and
+"blob@layer" for a later write by an in-place layer.
 """
 from __future__ import annotations
 
@@ -13,8 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from netc.errors import NetcError
+from netc.passes.memory import MemoryPlan, gradient, plan_memory
 from netc.ir import Net
 from netc.layers import REGISTRY
+from netc.layers.memory_order import as_blob, batch_last
 from netc.runtime.backend import NUMPY, Backend, RunContext
 from netc.runtime.threads import keep_freed_memory
 from netc.runtime.weights import Weights
@@ -68,51 +78,238 @@ class _Record:
     state: dict = field(default_factory=dict)
 
 
+def _address(array) -> int:
+    """Where an array's data begins (NumPy or CuPy)."""
+    data = getattr(array, "data", None)
+    ptr = getattr(data, "ptr", None)
+    return ptr if ptr is not None else array.__array_interface__["data"][0]
+
+
+class Storage:
+    """The arrays values and gradients live in: views into one arena laid out by a
+    memory plan, made once, or (plan None) a new array each time."""
+
+    def __init__(self, plan: MemoryPlan | None, shapes: dict[str, tuple], backend: Backend, dtype):
+        self.plan = plan
+        self.xp = backend.xp
+        self.dtype = np.dtype(dtype)
+        self.arena = None
+        self.views: dict = {}
+        if plan is None:
+            return
+        self.arena = self.xp.empty(plan.arena_bytes, dtype=np.uint8)
+        self._buffers = {b.name: b for b in plan.buffers}
+        self._ending: dict[int, list] = {}
+        for b in plan.buffers:
+            self._ending.setdefault(b.last, []).append(b)
+        for value, shape in shapes.items():
+            offset = plan.offset_of(value)
+            if offset is None:
+                continue
+            nbytes = int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
+            self.views[value] = self.arena[offset:offset + nbytes].view(self.dtype).reshape(shape)
+
+    def region(self, buffer: str):
+        """The bytes of a plan's buffer (a layer's kept scratch), or None."""
+        if self.plan is None or buffer not in self._buffers:
+            return None
+        b = self._buffers[buffer]
+        return self.arena[b.offset:b.offset + b.size]
+
+    def poison(self, step: int) -> None:
+        """Fill the buffers whose life ends at `step` with NaN bytes (tests: a value
+        read after the plan said it was dead then reads NaN)."""
+        if self.plan is None:
+            return
+        for b in self._ending.get(step, ()):
+            self.arena[b.offset:b.offset + b.size] = 0xFF
+
+    def view(self, value: str, like=None):
+        """The value's place in the arena (None without one), in the memory order of
+        `like` (batch-last or not: netc.layers.memory_order)."""
+        view = self.views.get(value)
+        if view is not None and like is not None and batch_last(like) is not None:
+            n, c, h, w = view.shape
+            view = as_blob(view.reshape(c, h, w, n))
+        return view
+
+    def place(self, value: str, array):
+        """The array holding `value` from now on: `array` written into the value's
+        place (unless it already is there), or `array` itself without a plan. The
+        place takes the array's memory order, so a batch-last chain stays one."""
+        view = self.view(value, array)
+        if view is None:
+            return array
+        if _address(array) != _address(view) or array.strides != view.strides:
+            view[...] = array
+        return view
+
+
 class Executor:
-    def __init__(self, net: Net, weights: Weights, backend: Backend = NUMPY, dtype=np.float32, seed: int = 0):
+    def __init__(self, net: Net, weights: Weights, backend: Backend = NUMPY, dtype=np.float32, seed: int = 0,
+                 memory: str = "arena", keep: tuple[str, ...] = (), max_memory: int | None = None):
+        """memory: "arena" (the plan's) or "separate" (every value its own array).
+        keep: blobs whose last values the caller reads after forward besides the
+        outputs (in the arena, other values' memory is reused once they are dead).
+        max_memory: bytes the arena and parameters may take (default: what the
+        device has free); a plan over it is refused before anything is allocated."""
+        if memory not in ("arena", "separate"):
+            raise ValueError(f"memory is 'arena' or 'separate', not {memory!r}")
         self.net = net
         self.backend = backend
         if backend.xp is np:   # every pass frees and re-makes its arrays: keep the pages (no faults)
             keep_freed_memory()
         self.dtype = dtype
         self.ctx = RunContext(backend, net.phase, dtype, np.random.default_rng(seed))
-        self.weights = {name: [backend.asarray(w, dtype) for w in blobs] for name, blobs in weights.items()}
+        self.memory, self.keep, self.max_memory = memory, tuple(keep), max_memory
         self.loss_weights = loss_weights(net)
+        self._values_of_layers()
+        self._force_backward = False
+        self.plan: MemoryPlan | None = None
+        self.storage = self._make_storage()
+        self.weights = {name: [backend.asarray(w, dtype) for w in blobs] for name, blobs in weights.items()}
+        self.values: dict = {}
         self.blobs: dict = {}
         self.records: dict[str, _Record] = {}
         self.loss = 0.0
         self.diffs: dict = {}
-        # also compute gradients of blobs nothing learnable depends on (the inputs): for gradient checks
-        self.force_backward = False
         self._learning_layers, self._learned_blobs = self._depends_on_weights()
         # layer name → seconds spent in its forward and backward, when profiling (bench/)
         self.profile: dict[str, float] | None = None
+        # called as observer(layer, "forward", tops) after each layer's forward and as
+        # observer(layer, "backward", (bottom_diffs, weight_diffs)) after its backward,
+        # while the arrays are still valid (netc.runtime.verify compares two runs so)
+        self.observer = None
+        # tests: fill each buffer with NaN once the plan says its values are dead
+        self.poison_dead = False
+        # bytes of forward state (masks, arg-maxes, scales) that did not fit the kept
+        # scratch the plan gave its layer, so live outside the arena (0 when the layer
+        # types' kept_bytes are right; the tests hold every net to it)
+        self.unplanned_bytes = 0
+
+    @property
+    def force_backward(self) -> bool:
+        """Also compute gradients of blobs nothing learnable depends on (the inputs),
+        and keep every gradient to the end: for gradient checks. Setting it re-plans."""
+        return self._force_backward
+
+    @force_backward.setter
+    def force_backward(self, value: bool) -> None:
+        if bool(value) != self._force_backward:
+            self._force_backward = bool(value)
+            self.storage = self._make_storage()
+
+    def _values_of_layers(self) -> None:
+        """Each layer's bottoms and tops as values, named as the memory plan names them."""
+        current: dict[str, str] = {}
+        self._bottom_values: dict[str, list[str]] = {}
+        self._top_values: dict[str, list[str]] = {}
+        self._shapes: dict[str, tuple] = {}
+        self._blob_of: dict[str, str] = {}
+        for layer in self.net.layers:
+            self._bottom_values[layer.name] = [current[b] for b in layer.bottoms]
+            tops = []
+            for top, shape in zip(layer.tops, self.net.layer_info[layer.name].top_shapes):
+                value = top if top not in current and top not in self._shapes else f"{top}@{layer.name}"
+                current[top] = value
+                self._shapes[value] = self._shapes[gradient(value)] = tuple(shape)
+                self._blob_of[value] = top
+                tops.append(value)
+            self._top_values[layer.name] = tops
+        self._last_value = current
+
+    def _make_storage(self) -> Storage:
+        if self.memory == "separate":
+            return Storage(None, self._shapes, self.backend, self.dtype)
+        mode = "all" if self._force_backward else None
+        plan = plan_memory(self.net, self.net.phase, np.dtype(self.dtype).itemsize,
+                           keep=self.keep, backward=mode)
+        self._check_fits(plan)
+        self.plan = plan
+        return Storage(plan, self._shapes, self.backend, self.dtype)
+
+    def _check_fits(self, plan: MemoryPlan) -> None:
+        """Refuse a plan the device cannot hold, before allocating anything."""
+        limit, where = self.max_memory, "--max-memory"
+        if limit is None:
+            free = getattr(self.backend, "free_memory", None)
+            limit = free() if callable(free) else None
+            where = f"free memory on {self.backend.name}"
+        if limit is None or plan.total_bytes <= limit:
+            return
+        largest = sorted(plan.buffers, key=lambda b: -b.size)[:3]
+        named = ", ".join(f"{b.name} ({_size(b.size)})" for b in largest)
+        raise NetcError(
+            f"the net needs {_size(plan.total_bytes)} ({_size(plan.planned_bytes)} of activations and "
+            f"scratch, {_size(plan.params_bytes)} of parameters), more than the {_size(limit)} of {where}",
+            None, f"the largest buffers: {named}; use a smaller batch "
+                  f"(netc check --budget {limit} tells the largest that fits)")
 
     def feeds_needed(self) -> list[str]:
         """The blobs a forward pass must be given: Input tops and data-source tops."""
         return [t for l in self.net.layers if not l.bottoms and l.type != "DummyData" for t in l.tops]
 
     def forward(self, feeds: dict) -> dict:
-        """Run every layer; returns the final value of every blob."""
-        xp, ctx = self.backend.xp, self.ctx
-        self.blobs, self.records, self.loss = {}, {}, 0.0
-        for layer in self.net.layers:
+        """Run every layer; returns the last value of every blob still held at the end:
+        in the arena, the outputs and the blobs in `keep`; separately, every blob."""
+        xp, ctx, storage = self.backend.xp, self.ctx, self.storage
+        self.values, self.records, self.loss = {}, {}, 0.0
+        for step, layer in enumerate(self.net.layers):
             spec = REGISTRY[layer.type]
             if not layer.bottoms and layer.type != "DummyData":
                 tops = [self._feed(feeds, top, layer) for top in layer.tops]
                 state: dict = {}
             else:
-                bottoms = [self.blobs[b] for b in layer.bottoms]
+                bottoms = [self.values[v] for v in self._bottom_values[layer.name]]
                 state = {"ntops": len(layer.tops)}
                 tops = self._call(layer, spec.forward, dict(layer.params), bottoms,
                                   self.weights.get(layer.name, []), ctx, state)
-                self.records[layer.name] = _Record(bottoms, tops, state)
-            for i, (name, value) in enumerate(zip(layer.tops, tops)):
-                self.blobs[name] = value
+            tops = [storage.place(v, t) for v, t in zip(self._top_values[layer.name], tops)]
+            if layer.bottoms or layer.type == "DummyData":
+                self.records[layer.name] = _Record(bottoms, tops, self._keep_state(layer.name, state))
+            if self.observer is not None:
+                self.observer(layer, "forward", tops)
+            for i, (value, array) in enumerate(zip(self._top_values[layer.name], tops)):
+                self.values[value] = array
                 w = self.loss_weights.get((layer.name, i))
                 if w:
-                    self.loss += w * float(xp.sum(value))
+                    self.loss += w * float(xp.sum(array))
+            if self.poison_dead and step < len(self.net.layers) - 1:
+                storage.poison(step)
+        self.blobs = {blob: self.values[value] for blob, value in self._last_value.items()
+                      if self._held_after_forward(value)}
         return self.blobs
+
+    def _keep_state(self, layer: str, state: dict) -> dict:
+        """What a layer's forward left for its backward, moved into the kept scratch the
+        plan gave it (its own arrays are then freed); nothing where its backward does
+        not run. Without a plan, as it is."""
+        plan = self.storage.plan
+        if plan is None:
+            return state
+        if ("backward", layer) not in plan.steps:
+            return {"ntops": state.get("ntops")}
+        region = self.storage.region(f"{layer}:kept")
+        used = 0
+        for key, array in state.items():
+            if not hasattr(array, "dtype") or not hasattr(array, "strides") or array.ndim == 0:
+                continue
+            nbytes = array.nbytes
+            start = -(-used // array.itemsize) * array.itemsize
+            if region is None or start + nbytes > region.size:
+                self.unplanned_bytes += nbytes
+                continue
+            kept = region[start:start + nbytes].view(array.dtype).reshape(array.shape)
+            kept[...] = array
+            state[key] = kept
+            used = start + nbytes
+        return state
+
+    def _held_after_forward(self, value: str) -> bool:
+        plan = self.storage.plan
+        if plan is None or value not in plan.values:
+            return True
+        return plan.buffer(plan.values[value]).last >= len(self.net.layers) - 1
 
     def _feed(self, feeds: dict, top: str, layer):
         if top not in feeds:
@@ -129,37 +326,77 @@ class Executor:
         """Gradients of the loss: returns ∂loss/∂w per layer (None for blobs without one).
         `seeds` adds ∂objective/∂blob for blobs' final values (an objective beyond the
         net's own losses). Blobs' gradients are left in self.diffs."""
-        xp = self.backend.xp
-        diffs: dict = {name: self.backend.asarray(d, self.dtype) for name, d in (seeds or {}).items()}
+        xp, storage = self.backend.xp, self.storage
+        if self.poison_dead:       # the forward's last values, but for those the backward reads
+            storage.poison(len(self.net.layers) - 1)
+        # value → its gradient so far; `loose`: those not (yet) in their planned place
+        diffs: dict = {}
+        loose: set[str] = set()
+        for name, d in (seeds or {}).items():
+            value = self._last_value[name]
+            diffs[value] = self.backend.asarray(d, self.dtype)
+            loose.add(value)
         for (layer_name, i), w in self.loss_weights.items():
-            layer = self.net.layer(layer_name)
-            top = layer.tops[i]
-            seed = xp.full(self.net.blob_shapes[top], w, dtype=self.dtype)
-            diffs[top] = diffs[top] + seed if top in diffs else seed
+            value = self._top_values[layer_name][i]
+            seed = xp.full(self._shapes[value], w, dtype=self.dtype)
+            diffs[value] = diffs[value] + seed if value in diffs else seed
+            loose.add(value)
+
+        def add(value: str, diff) -> None:
+            if value not in diffs:
+                diffs[value] = storage.place(gradient(value), diff)
+            elif value in loose or storage.plan is None:
+                diffs[value] = storage.place(gradient(value), diffs[value] + diff)
+            else:
+                diffs[value] += diff
+            loose.discard(value)
+
+        for value in list(loose):     # seeds go to their places, where the plan has them live now
+            if self._seed_in_place(value):
+                diffs[value] = storage.place(gradient(value), diffs[value])
+                loose.discard(value)
         grads: dict[str, list] = {}
+        plan = storage.plan
+        step_of = {} if plan is None else {name: i for i, (kind, name) in enumerate(plan.steps)
+                                            if kind == "backward"}
         for layer in reversed(self.net.layers):
             if layer.name not in self.records:
                 continue
             if not (self.force_backward or layer.name in self._learning_layers):
                 continue
             record = self.records[layer.name]
-            top_diffs = [diffs.pop(t, None) for t in layer.tops]
+            top_diffs = [diffs.pop(v, None) for v in self._top_values[layer.name]]
             if all(d is None for d in top_diffs):
                 continue
+            if plan is not None and layer.name not in step_of:
+                # its inputs' memory may hold other values by now
+                raise RuntimeError(f"the memory plan of this {self.net.phase} net has no backward for "
+                                   f"'{layer.name}': make the executor with force_backward set first")
             top_diffs = [d if d is not None else xp.zeros_like(v) for d, v in zip(top_diffs, record.tops)]
             spec = REGISTRY[layer.type]
             need = [self._blob_needs_gradient(b) for b in layer.bottoms]
             bottom_diffs, weight_diffs = self._call(layer, spec.backward, dict(layer.params), record.bottoms,
                                                     record.tops, top_diffs, self.weights.get(layer.name, []),
                                                     self.ctx, record.state, need)
-            for name, diff in zip(layer.bottoms, bottom_diffs):
+            if self.observer is not None:
+                self.observer(layer, "backward", (bottom_diffs, weight_diffs))
+            for value, diff in zip(self._bottom_values[layer.name], bottom_diffs):
                 if diff is not None:
-                    diffs[name] = diffs[name] + diff if name in diffs else diff
+                    add(value, diff)
             if self.weights.get(layer.name):
                 grads[layer.name] = list(weight_diffs)
-        self.diffs = diffs
+            if self.poison_dead and step_of[layer.name] < len(plan.steps) - 1:
+                storage.poison(step_of[layer.name])
+        self.diffs = {}
+        for value, diff in diffs.items():      # the first value of a blob wins its name
+            self.diffs.setdefault(self._blob_of[value], diff)
         return _sum_shared(grads, self.weights)
 
+    def _seed_in_place(self, value: str) -> bool:
+        """Whether the plan has `value`'s gradient live from the first backward step."""
+        plan = self.storage.plan
+        name = None if plan is None else plan.values.get(gradient(value))
+        return name is not None and plan.buffer(name).first <= len(self.net.layers)
     def _call(self, layer, method, *args):
         """A layer's forward or backward: a run-time NetcError it raises is located at
         the layer, and its time is added to the profile when profiling."""
@@ -186,3 +423,9 @@ class Executor:
 
     def _blob_needs_gradient(self, blob: str) -> bool:
         return self.force_backward or blob in self._learned_blobs
+
+
+def _size(n: int) -> str:
+    if n >= 2**20:
+        return f"{n / 2**20:,.1f} MiB"
+    return f"{n / 2**10:,.1f} KiB" if n >= 2**10 else f"{n} bytes"

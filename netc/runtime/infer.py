@@ -16,6 +16,7 @@ from netc.compile import build_ir, check_ir
 from netc.errors import NetcError, did_you_mean
 from netc.ir import Net
 from netc.passes.prune import output_blobs, prune_to_available, prune_to_outputs
+from netc.runtime.backend import NUMPY, Backend
 from netc.runtime.executor import Executor
 from netc.runtime.weights import init_weights
 
@@ -87,9 +88,11 @@ def prepare(path: str, inputs: dict[str, np.ndarray], batch: int | None) -> tupl
 
 def run_inference(path: str, inputs: dict[str, np.ndarray], weights=None, blobs: list[str] | None = None,
                   batch: int | None = None, seed: int = 0, dtype=np.float32,
-                  allow_missing: bool = False) -> dict[str, np.ndarray]:
+                  allow_missing: bool = False, backend: Backend = NUMPY,
+                  max_memory: int | None = None) -> dict[str, np.ndarray]:
     """Forward the inputs through the net; returns the requested blobs (default: the outputs).
-    `weights`: a Weights dict, a path (.npz or .caffemodel) or None for the fillers' values."""
+    `weights`: a Weights dict, a path (.npz or .caffemodel) or None for the fillers' values.
+    max_memory: bytes the memory plan may take (default: what the device has free)."""
     net, chunk, total = prepare(path, inputs, batch)
     wanted = blobs or output_blobs(net)
     for name in wanted:
@@ -99,7 +102,7 @@ def run_inference(path: str, inputs: dict[str, np.ndarray], weights=None, blobs:
                             f"blobs computed here: {', '.join(list(net.blob_shapes)[:12])}")
     net = prune_to_outputs(net, wanted)
     weights = resolve_weights(weights, net, seed, dtype, allow_missing)
-    executor = Executor(net, weights, dtype=dtype, seed=seed)
+    executor = Executor(net, weights, backend=backend, dtype=dtype, seed=seed, max_memory=max_memory)
     outputs: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
     for start in range(0, total, chunk):
         stop = min(start + chunk, total)
@@ -112,7 +115,7 @@ def run_inference(path: str, inputs: dict[str, np.ndarray], weights=None, blobs:
             feeds[name] = part
         values = executor.forward(feeds)
         for name in wanted:
-            value = executor.backend.to_numpy(values[name])
+            value = np.array(executor.backend.to_numpy(values[name]))   # the next chunk reuses the arena
             outputs[name].append(value[: stop - start] if value.ndim and value.shape[0] == chunk else value)
     return {name: np.concatenate(parts) if parts[0].ndim else parts[-1] for name, parts in outputs.items()}
 

@@ -138,9 +138,11 @@ def test_im2col_col2im_are_adjoint_batch_last():
 
 @pytest.mark.parametrize("forced", list(FORCED))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_kept_columns_give_the_same_gradients(monkeypatch, forced, dtype):
-    """A training forward keeps its column matrix for the backward (state["cols"]): the
-    same results, bit for bit, as a backward that makes them again, in every layout."""
+def test_a_training_forward_keeps_nothing_but_its_input(monkeypatch, forced, dtype):
+    """The memory plan counts no kept scratch for a convolution (kept_bytes 0: the
+    backward makes its columns again, as Caffe does): a training forward leaves nothing
+    in its state, and its backward gives, bit for bit in every layout, what a backward
+    after an inference forward gives."""
     for name, value in zip(("_BATCH_LAST_BELOW_OW", "_BATCHED_GEMM_BELOW", "_PER_IMAGE_WEIGHT_GRADIENTS_MAX"),
                            FORCED[forced]):
         monkeypatch.setattr(conv, name, value)
@@ -151,19 +153,18 @@ def test_kept_columns_give_the_same_gradients(monkeypatch, forced, dtype):
         p = conv_params(num, k, s, pd, dil, group)
         w = rng.normal(size=(num, shape[1] // group, k, k)).astype(dtype)
         b = rng.normal(size=num).astype(dtype)
+        assert spec.kept_bytes(p, [shape], [], 4, train=True) == 0
         train, test = RunContext(NUMPY, "train", dtype), RunContext(NUMPY, "test", dtype)
         state = {"ntops": 1}
         y = spec.forward(p, [x], [w, b], train, state)[0]
-        assert "cols" in state
+        assert state == {"ntops": 1}
         dy = rng.normal(size=y.shape).astype(dtype)
-        kept = spec.backward(p, [x], [y], [dy], [w, b], train, state, [True])
-        assert "cols" not in state                     # given up once used
+        trained = spec.backward(p, [x], [y], [dy], [w, b], train, state, [True])
         fresh_state = {"ntops": 1}
         y2 = spec.forward(p, [x], [w, b], test, fresh_state)[0]
-        assert "cols" not in fresh_state               # nothing kept outside training
         made = spec.backward(p, [x], [y2], [dy], [w, b], test, fresh_state, [True])
         np.testing.assert_array_equal(y, y2)
-        for a, c in zip(kept[0] + kept[1], made[0] + made[1]):
+        for a, c in zip(trained[0] + trained[1], made[0] + made[1]):
             np.testing.assert_array_equal(a, c)
 
 

@@ -1,0 +1,163 @@
+"""The executor inside the memory plan's arena: whole nets give, bit for bit, what they
+give with every blob in its own array, while every buffer is poisoned (NaN) the moment
+the plan says it is dead; forward state lives in the kept scratch the plan gave it; and a
+net that cannot fit is refused before anything is allocated."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from netc.compile import build_ir
+from netc.errors import NetcError
+from netc.passes.memory import plan_memory
+from netc.passes.shapes import infer_shapes
+from netc.runtime import executor as executor_module
+from netc.runtime.executor import Executor
+from netc.runtime.weights import init_weights
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "caffe_models")
+
+
+def at_batch(path: str, phase: str, batch: int, shapes: dict | None = None):
+    """The net with its sources' batch changed; `shapes` for those Caffe's Data layers
+    cannot tell (C, H, W, without the batch)."""
+    ir = build_ir(path, phase)
+    given = {t: (batch,) + tuple(s) for t, s in (shapes or {}).items()}
+    net = infer_shapes(ir, given)
+    sources = {t: net.blob_shapes[t] for l in net.layers if not l.bottoms for t in l.tops}
+    return infer_shapes(ir, {t: (batch,) + tuple(s[1:]) for t, s in sources.items()})
+
+
+def feeds_for(ex: Executor, rng) -> dict:
+    """Random inputs; labels (a 1-element-per-image blob) as class indices."""
+    feeds = {}
+    for top in ex.feeds_needed():
+        shape = ex.net.blob_shapes[top]
+        if len(shape) >= 1 and int(np.prod(shape[1:])) == 1:
+            feeds[top] = rng.integers(0, 10, size=shape).astype(np.float32)
+        else:
+            feeds[top] = rng.normal(0, 50, size=shape).astype(np.float32)
+    return feeds
+
+
+def run(net, weights, feeds, memory: str, backward: bool):
+    """Every layer's outputs and (training) gradients, copied as they are made."""
+    ex = Executor(net, weights, memory=memory, seed=3)
+    ex.poison_dead = memory == "arena"
+    seen = []
+
+    def observe(layer, kind, arrays):
+        if kind == "forward":
+            seen.append((layer.name, kind, [np.array(a) for a in arrays]))
+        else:
+            bottom_diffs, weight_diffs = arrays
+            seen.append((layer.name, kind, [None if a is None else np.array(a)
+                                            for a in list(bottom_diffs) + list(weight_diffs)]))
+
+    ex.observer = observe
+    for _ in range(2):          # the second pass finds the arena as the first left it
+        seen.clear()
+        blobs = {k: np.array(v) for k, v in ex.forward(feeds).items()}
+        grads = ex.backward() if backward else {}
+    grads = {k: [None if g is None else np.array(g) for g in v] for k, v in grads.items()}
+    return ex, seen, blobs, ex.loss, grads
+
+
+CIFAR = {"data": (3, 32, 32), "label": ()}
+NETS = [
+    (os.path.join(ROOT, "nets", "lenet.net"), "train", 4, None),
+    (os.path.join(ROOT, "nets", "lenet.net"), "test", 3, None),
+    (os.path.join(ROOT, "nets", "alexnet.net"), "train", 2, None),
+    (os.path.join(ROOT, "nets", "googlenet.net"), "train", 1, None),
+    (os.path.join(ROOT, "nets", "googlenet.net"), "test", 2, None),
+    (os.path.join(SHARED, "examples", "cifar10", "cifar10_full_train_test.prototxt"), "train", 3, CIFAR),
+    (os.path.join(SHARED, "models", "bvlc_reference_caffenet", "train_val.prototxt"), "train", 2, None),
+]
+
+
+@pytest.mark.parametrize("path,phase,batch,shapes", NETS, ids=lambda v: os.path.basename(str(v)))
+def test_whole_nets_are_bit_identical_in_the_arena(path, phase, batch, shapes):
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not here")
+    net = at_batch(path, phase, batch, shapes)
+    weights = init_weights(net, 0, np.float32)
+    for blobs in weights.values():       # constant-0 biases would hide a mixed-up buffer
+        for w in blobs:
+            w += np.random.default_rng(1).normal(0, 0.01, w.shape).astype(np.float32)
+    feeds = feeds_for(Executor(net, weights, memory="separate"), np.random.default_rng(2))
+    train = phase == "train"
+    arena, seen_a, blobs_a, loss_a, grads_a = run(net, weights, feeds, "arena", train)
+    _, seen_s, blobs_s, loss_s, grads_s = run(net, weights, feeds, "separate", train)
+
+    assert [(n, k) for n, k, _ in seen_a] == [(n, k) for n, k, _ in seen_s]
+    for (name, kind, a), (_, _, s) in zip(seen_a, seen_s):
+        for x, y in zip(a, s):
+            assert (x is None) == (y is None), (name, kind)
+            if x is not None:
+                assert not np.isnan(x).any() or np.isnan(y).any(), (name, kind, "read a dead buffer")
+                np.testing.assert_array_equal(x, y, err_msg=f"{kind} of {name}")
+    assert loss_a == loss_s
+    for name in set(blobs_a) & set(blobs_s):
+        np.testing.assert_array_equal(blobs_a[name], blobs_s[name])
+    assert grads_a.keys() == grads_s.keys()
+    for name in grads_a:
+        for x, y in zip(grads_a[name], grads_s[name]):
+            np.testing.assert_array_equal(x, y)
+    if train:
+        assert any(kind == "backward" for _, kind, _ in seen_a)
+
+    # exactly the plan netc check shows: one arena of its planned size, and every
+    # forward state in the kept scratch the plan gave its layer
+    shown = plan_memory(net)
+    assert arena.storage.arena.nbytes == shown.planned_bytes == arena.plan.planned_bytes
+    assert arena.unplanned_bytes == 0
+
+
+def test_the_last_values_are_the_outputs_and_what_is_kept(tmp_path):
+    path = tmp_path / "t.net"
+    path.write_text("net T\ninput data [2, 3, 8, 8]\n"
+                    "c1: Convolution(data, 4, kernel=3, weight=gaussian(std=0.1))\nr1: ReLU!\n"
+                    "c2: Convolution(4, kernel=3, weight=gaussian(std=0.1))\n"
+                    "p: Pooling(MAX, kernel=2, stride=2)\n"
+                    "ip: InnerProduct(3, weight=gaussian(std=0.1))\n")
+    net = at_batch(str(path), "test", 2)
+    weights = init_weights(net, 0, np.float32)
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    plain = Executor(net, weights).forward({"data": x})
+    assert "ip" in plain and not {"c1", "c2"} & set(plain)     # their memory is reused
+    kept = Executor(net, weights, keep=("c1",)).forward({"data": x})
+    every = Executor(net, weights, memory="separate").forward({"data": x})
+    assert {"ip", "c1"} <= set(kept) and "c2" not in kept
+    np.testing.assert_array_equal(kept["c1"], every["c1"])   # c1 after the in-place ReLU
+    np.testing.assert_array_equal(kept["ip"], every["ip"])
+
+
+def test_a_net_that_cannot_fit_is_refused_before_anything_is_allocated(monkeypatch):
+    net = at_batch(os.path.join(ROOT, "nets", "alexnet.net"), "train", 64)
+    weights = init_weights(net, 0, np.float32)
+
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("allocated before refusing")
+
+    monkeypatch.setattr(executor_module.Storage, "__init__", no_allocation)
+    with pytest.raises(NetcError) as err:
+        Executor(net, weights, max_memory=512 << 20)
+    message = err.value.message
+    assert "MiB" in message and "more than the 512.0 MiB of --max-memory" in message
+    assert "conv1" in err.value.hint or "norm1" in err.value.hint or "relu1" in err.value.hint
+    assert "--budget" in err.value.hint
+
+
+def test_the_device_s_free_memory_is_the_default_limit(monkeypatch):
+    net = at_batch(os.path.join(ROOT, "nets", "lenet.net"), "train", 64)
+    weights = init_weights(net, 0, np.float32)
+    backend = executor_module.NUMPY
+    monkeypatch.setattr(type(backend), "free_memory", lambda self: 1 << 20, raising=False)
+    with pytest.raises(NetcError, match="free memory on cpu"):
+        Executor(net, weights, backend=backend)
+    monkeypatch.setattr(type(backend), "free_memory", lambda self: 1 << 40, raising=False)
+    Executor(net, weights, backend=backend)
+
