@@ -98,7 +98,14 @@ def check(file, inputs, phase, as_json, as_summary, with_offsets, budget):
 @click.option("--output", type=click.Path(dir_okay=False), help="write the output blobs to this .npz")
 @click.option("--blobs", help="comma-separated blobs to output (default: the net's outputs)")
 @click.option("--batch", type=click.IntRange(min=1), help="examples per forward pass (default: the net's)")
-@click.option("--device", default="cpu", show_default=True, help="cpu (cuda: later)")
+@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N",
+              help="where to run: the CPU (NumPy) or a GPU (CuPy)")
+@click.option("--verify", is_flag=True,
+              help="compare every layer's outputs (with --train also its gradients) on --device in float32 "
+                   "with NumPy in float64, print the table; exit 1 when one is past tolerance")
+@click.option("--max-memory", metavar="SIZE",
+              help="refuse to run when the memory plan needs more than this (e.g. 2GiB; "
+                   "default: the memory the device has free)")
 @click.option("--allow-missing", is_flag=True, help="layers the weights file lacks keep their fillers' values")
 @click.option("--labels", type=click.Path(dir_okay=False), help="class names, one per line (for images)")
 @click.option("--seed", type=int, help="seed of every generator (default: the solver's random_seed, else 0)")
@@ -111,21 +118,33 @@ def check(file, inputs, phase, as_json, as_summary, with_offsets, budget):
               help="append JSON lines: one per display step, one per test (for netc plot)")
 @click.option("--solver", "solver_path", type=click.Path(dir_okay=False),
               help="a Caffe solver.prototxt (for nets without a solver block)")
-def run(file, train, infer, weights_path, inputs, output, blobs, batch, device, allow_missing, labels, seed,
-        dtype, iters, snapshot_dir, resume, log_path, solver_path):
+def run(file, train, infer, weights_path, inputs, output, blobs, batch, device, verify, max_memory, allow_missing,
+        labels, seed, dtype, iters, snapshot_dir, resume, log_path, solver_path):
     """Run FILE (.net or .prototxt): train it (the default), or --infer on inputs."""
     import numpy as np
 
+    from netc.passes.memory import parse_size
     from netc.runtime import infer as inference
+    from netc.runtime.backend import get_backend
 
     if train and infer:
         raise NetcError("give --train or --infer, not both")
-    if device != "cpu":
-        raise NetcError(f"device '{device}' is not available", None, "the CUDA backend is not built yet: use --device cpu")
+    memory_limit = parse_size(max_memory) if max_memory is not None else None
+    backend = get_backend(device)   # no CuPy, no GPU, no such GPU: a NetcError saying which
+    if verify:
+        given = {"--output": output, "--blobs": blobs, "--labels": labels, "--iters": iters,
+                 "--snapshot-dir": snapshot_dir, "--resume": resume, "--log": log_path, "--solver": solver_path}
+        extra = [name for name, value in given.items() if value is not None]
+        if extra:
+            raise NetcError(f"{', '.join(extra)} {'has' if len(extra) == 1 else 'have'} no meaning with --verify",
+                            None, "--verify takes --train, --weights, --input, --batch, --seed, --allow-missing")
+        _verify(file, backend, train, weights_path, inputs, batch, seed, allow_missing)
+        return
     if not infer:
         if inputs:
             raise NetcError("--input is for inference", None, "add --infer to run the net on these inputs")
-        _train(file, weights_path, seed, np.dtype(dtype).type, iters, snapshot_dir, resume, log_path, solver_path)
+        _train(file, weights_path, seed, np.dtype(dtype).type, iters, snapshot_dir, resume, log_path, solver_path,
+               backend, memory_limit)
         return
     if seed is None:
         seed = 0
@@ -134,7 +153,8 @@ def run(file, train, infer, weights_path, inputs, output, blobs, batch, device, 
         click.echo(f"netc: no --weights: the weights are the fillers' values (seed {seed})", err=True)
     wanted = [b.strip() for b in blobs.split(",") if b.strip()] if blobs else None
     results = inference.run_inference(file, arrays, weights_path, wanted, batch, seed,
-                                      dtype=np.dtype(dtype).type, allow_missing=allow_missing)
+                                      dtype=np.dtype(dtype).type, allow_missing=allow_missing,
+                                      backend=backend, max_memory=memory_limit)
     if output:
         import io
 
@@ -152,12 +172,26 @@ def run(file, train, infer, weights_path, inputs, output, blobs, batch, device, 
             click.echo(f"{rank}. {prob:7.2%}  {label}")
 
 
-def _train(file, weights_path, seed, dtype, iters, snapshot_dir, resume, log_path, solver_path) -> None:
+def _verify(file, backend, train, weights_path, inputs, batch, seed, allow_missing) -> None:
+    from netc.runtime import infer as inference
+    from netc.runtime.verify import render, verify
+
+    arrays, _ = inference.load_inputs(file, inputs)
+    report = verify(file, backend, weights_path, arrays or None, train=train, batch=batch,
+                    seed=0 if seed is None else seed, allow_missing=allow_missing)
+    click.echo(render(report))
+    if not report.ok:
+        sys.exit(1)
+
+
+def _train(file, weights_path, seed, dtype, iters, snapshot_dir, resume, log_path, solver_path, backend,
+           max_memory) -> None:
     from netc.train.progress import TerminalReporter
     from netc.train.trainer import Trainer, TrainOptions
 
     options = TrainOptions(iters=iters, seed=seed, snapshot_dir=snapshot_dir, resume=resume,
-                           weights=weights_path, solver_file=solver_path, log=log_path, dtype=dtype)
+                           weights=weights_path, solver_file=solver_path, log=log_path, dtype=dtype,
+                           backend=backend, max_memory=max_memory)
     trainer = Trainer(file, options, TerminalReporter())
     result = trainer.run()
     for it, results in result.tests[-1:]:

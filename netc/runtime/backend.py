@@ -1,29 +1,150 @@
 """Backends: where arrays live and which array module computes on them.
 
 A layer's forward and backward are written once, against `ctx.xp` (NumPy's API);
-a backend supplies that module. The NumPy backend is the reference; the CuPy
-backend (later) supplies cupy and may bind hand-written kernels per layer type.
+a backend supplies that module. The NumPy backend is the reference; the CUDA
+backend supplies cupy (on the GPU `get_backend("cuda:N")` selected) and the layers
+may bind hand-written kernels (netc.runtime.cuda_kernels) when `ctx.xp` is cupy.
+
+    get_backend("cpu")      NUMPY
+    get_backend("cuda")     the first GPU, through CuPy (imported only here)
+    get_backend("cuda:1")   the second GPU
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from netc.errors import NetcError
+
+DEVICE_HINT = "give --device cpu, cuda or cuda:N (N counts the GPUs from 0)"
+CUDA_INSTALL_HINT = "pip install 'netc[cuda]' (CuPy for CUDA 12), or run on the CPU with --device cpu"
+
 
 @dataclass(frozen=True)
 class Backend:
-    name: str
-    xp: object   # the array module: numpy or cupy
+    name: str                        # "cpu" or "cuda"
+    xp: object                       # the array module: numpy or cupy
+    device_index: int | None = None  # the GPU's index (cuda), None on the CPU
+
+    @property
+    def device(self) -> str:
+        """As the user writes it: "cpu" or "cuda:N"."""
+        return self.name if self.device_index is None else f"{self.name}:{self.device_index}"
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.xp is not np
 
     def asarray(self, array, dtype):
         return self.xp.asarray(array, dtype=dtype)
 
     def to_numpy(self, array) -> np.ndarray:
-        return np.asarray(array)
+        if self.xp is np:
+            return np.asarray(array)
+        return self.xp.asnumpy(array)
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work (a GPU runs asynchronously; timings need this)."""
+        if self.device_index is not None:
+            self.xp.cuda.Device(self.device_index).synchronize()
+
+    def free_memory(self) -> int | None:
+        """Bytes that arrays could still take: on a GPU the device's free memory plus
+        what CuPy's pool holds unused (it hands that out first); on the CPU the
+        kernel's MemAvailable. None when it cannot be told."""
+        if self.device_index is None:
+            return available_host_memory()
+        with self.xp.cuda.Device(self.device_index):
+            free, _total = self.xp.cuda.runtime.memGetInfo()
+        return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
+
+    def describe(self) -> str:
+        """For reports: "cpu (NumPy 2.1.0)" or "cuda:0 (NVIDIA H100, CuPy 13.3.0)"."""
+        version = getattr(self.xp, "__version__", "?")
+        if self.device_index is None:
+            return f"{self.device} (NumPy {version})"
+        try:
+            name = self.xp.cuda.runtime.getDeviceProperties(self.device_index)["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+        except Exception:   # a description is no place to fail
+            name = "GPU"
+        return f"{self.device} ({name}, CuPy {version})"
 
 
 NUMPY = Backend("cpu", np)
+
+
+def available_host_memory() -> int | None:
+    """MemAvailable of /proc/meminfo (what can be allocated without swapping; free
+    memory plus reclaimable caches), else free physical pages, else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024   # the kernel reports kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+_DEVICE = re.compile(r"(cpu|cuda)(?::(\d+))?")
+
+
+def get_backend(device: str) -> Backend:
+    """The backend of a device string: "cpu", "cuda" (= "cuda:0") or "cuda:N".
+    For CUDA, CuPy is imported here and the GPU made current; every way that can
+    fail (no CuPy, no driver, no GPU, no such GPU) is a NetcError saying which."""
+    text = device.strip().lower()
+    match = _DEVICE.fullmatch(text)
+    if match is None or (match.group(1) == "cpu" and match.group(2) is not None):
+        raise NetcError(f"unknown device '{device}'", None, DEVICE_HINT)
+    if match.group(1) == "cpu":
+        return NUMPY
+    index = int(match.group(2) or 0)
+    unavailable = f"device '{device}' is not available: "
+    cupy = _import_cupy(unavailable)
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as err:   # cupy's CUDARuntimeError: no driver, driver too old, no device
+        raise NetcError(unavailable + f"CUDA is not usable here ({_cause(err)})", None,
+                        "the CUDA backend needs an NVIDIA GPU and its driver (nvidia-smi shows them); "
+                        "else run with --device cpu") from None
+    if count == 0:
+        raise NetcError(unavailable + "CUDA found no GPU on this machine", None, "run with --device cpu")
+    if index >= count:
+        which = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        raise NetcError(unavailable + f"this machine has {count} GPU{'s' if count > 1 else ''}",
+                        None, f"give --device {which}")
+    try:
+        cupy.cuda.Device(index).use()
+    except Exception as err:
+        raise NetcError(unavailable + f"GPU {index} cannot be used ({_cause(err)})", None,
+                        "another GPU (cuda:N), or --device cpu") from None
+    return Backend("cuda", cupy, index)
+
+
+def _import_cupy(unavailable: str = ""):
+    try:
+        import cupy
+    except ImportError as err:
+        if isinstance(err, ModuleNotFoundError) and err.name == "cupy":
+            raise NetcError(unavailable + "the CUDA backend needs CuPy, which is not installed", None,
+                            CUDA_INSTALL_HINT) from None
+        # installed, but its CUDA libraries did not load (a wheel for another CUDA version)
+        raise NetcError(unavailable + f"the CUDA backend needs CuPy, which cannot be loaded ({_cause(err)})", None,
+                        "install the cupy-cudaXXx wheel of your CUDA version (nvidia-smi names it)") from None
+    return cupy
+
+
+def _cause(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 @dataclass

@@ -29,6 +29,7 @@ from netc.errors import NetcError
 from netc.ir import Net
 from netc.layers import REGISTRY
 from netc.passes.prune import output_blobs
+from netc.runtime.backend import NUMPY, Backend
 from netc.runtime.executor import Executor
 from netc.runtime.weights import init_weights
 from netc.train import snapshot as snapshots
@@ -48,6 +49,8 @@ class TrainOptions:
     solver_file: str | None = None     # a Caffe solver.prototxt, for nets without a solver block
     log: str | None = None             # JSON lines: one object per display and per test
     dtype: type = np.float32
+    backend: Backend = NUMPY           # where both executors run (netc.runtime.backend.get_backend)
+    max_memory: int | None = None      # bytes each executor's plan may take (default: what is free)
 
 
 class Reporter:
@@ -90,7 +93,8 @@ class Trainer:
             from netc.runtime.weight_files import load_weights
             weights = load_weights(options.weights, self.train_net, dtype=options.dtype,
                                    allow_missing=True, initial=weights)
-        self.train_exec = Executor(self.train_net, weights, dtype=options.dtype, seed=seed)
+        self.train_exec = Executor(self.train_net, weights, backend=options.backend, dtype=options.dtype, seed=seed,
+                                   max_memory=options.max_memory)
         self.weights = self.train_exec.weights
         self.solver = Solver(spec, self.train_net, self.weights)
         self.solver.settings = self.settings   # --iters moves max_iter for poly too
@@ -102,7 +106,10 @@ class Trainer:
             test_weights = init_weights(self.test_net, seed, options.dtype) if missing else {}
             test_weights.update({name: self.weights[name] for name in self.weights
                                  if any(l.name == name for l in self.test_net.layers)})
-            self.test_exec = Executor(self.test_net, test_weights, dtype=options.dtype, seed=seed + 1)
+            # top-5 beside each top-1 Accuracy (_test) reads the accuracy's inputs after the forward
+            scores = tuple(l.bottoms[0] for l in self._top1_accuracies())
+            self.test_exec = Executor(self.test_net, test_weights, backend=options.backend, dtype=options.dtype,
+                                      seed=seed + 1, keep=scores, max_memory=options.max_memory)
             # share the very arrays the solver updates (asarray may have copied)
             self.test_exec.weights.update({n: self.weights[n] for n in test_weights if n in self.weights})
             self.test_sources = {l.name: open_source(l, "test", seed) for l in _source_layers(self.test_net)}
@@ -221,13 +228,18 @@ class Trainer:
         raise NetcError(f"the loss became {loss} at iteration {self.iteration}; training stopped", None,
                         where + " (clip_gradients also tames exploding gradients)")
 
+    def _top1_accuracies(self) -> list:
+        """The test net's top-1 Accuracy layers over more than 5 classes (top-5 is told beside them)."""
+        net = self.test_net
+        return [l for l in net.layers if l.type == "Accuracy" and l.params["top_k"] == 1
+                and net.layer_info[l.name].bottom_shapes[0][1 if l.params["axis"] == 1 else l.params["axis"]] > 5]
+
     def _test(self, result: TrainResult, log) -> None:
         """Caffe's Test: every scalar output of the test net averaged over test_iter batches,
         plus top-5 beside each top-1 Accuracy."""
         net, executor = self.test_net, self.test_exec
         outputs = [b for b in output_blobs(net) if net.blob_shapes[b] == ()]
-        accuracies = [l for l in net.layers if l.type == "Accuracy" and l.params["top_k"] == 1
-                      and net.layer_info[l.name].bottom_shapes[0][1 if l.params["axis"] == 1 else l.params["axis"]] > 5]
+        accuracies = self._top1_accuracies()
         sums: dict[str, float] = {}
         batches = self._test_iters()
         for _ in range(batches):
@@ -294,7 +306,7 @@ class Trainer:
         except OSError as err:
             raise NetcError(f"cannot make the snapshot folder '{folder}': {err.strerror or err}", None,
                             "give a writable folder with --snapshot-dir") from None
-        weights = {name: [np.asarray(w) for w in blobs] for name, blobs in self.weights.items()}
+        weights = {name: [self.train_exec.backend.to_numpy(w) for w in blobs] for name, blobs in self.weights.items()}
         save_weights(weights_path, self.train_net, weights)
         snapshots.write_state(state_path, self._record(), weights, self.solver.state())
         self.last_snapshot = weights_path
@@ -323,7 +335,7 @@ class Trainer:
                 raise NetcError(f"'{path}' does not hold weights of layer '{name}' as this net has them", None,
                                 "the net changed since the snapshot: start afresh, or fine-tune with --weights")
             for array, value in zip(blobs, saved):
-                array[...] = value
+                array[...] = self.train_exec.backend.asarray(value, array.dtype)   # onto the GPU too
         self.solver.load_state(solver_state)
         self.iteration = int(record["iteration"])
         self.losses.extend(record.get("losses", []))

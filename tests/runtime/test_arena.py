@@ -161,3 +161,22 @@ def test_the_device_s_free_memory_is_the_default_limit(monkeypatch):
     monkeypatch.setattr(type(backend), "free_memory", lambda self: 1 << 40, raising=False)
     Executor(net, weights, backend=backend)
 
+
+def test_training_that_cannot_fit_is_refused_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    net = tmp_path / "t.net"
+    net.write_text("net T\nlabels: DummyData(shape=[[8]]) -> label\n"
+                   "src: DummyData(shape=[[8, 1, 12, 12]], data_filler=gaussian(std=1)) -> data\nc: Convolution(data, 6, kernel=3, weight=xavier)\nr: ReLU!\n"
+                   "ip: InnerProduct(10, weight=xavier)\nloss: SoftmaxWithLoss(ip, label)\n"
+                   "solver SGD(base_lr=0.01, max_iter=5, snapshot_prefix=\"snap/t\")\n")
+    result = subprocess.run([sys.executable, "-m", "netc", "run", str(net), "--max-memory", "20KiB"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert "more than the 20.0 KiB of --max-memory" in result.stderr and "Traceback" not in result.stderr
+    assert "hint: the largest buffers:" in result.stderr
+    assert not (tmp_path / "snap").exists()
+    fits = subprocess.run([sys.executable, "-m", "netc", "run", str(net), "--max-memory", "1MiB"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert fits.returncode == 0, fits.stderr
