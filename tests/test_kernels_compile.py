@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc
 
 
 def test_there_are_kernels():
-    assert {s.name for s in SOURCES} >= {"pool.cu", "lrn.cu"}
+    assert {s.name for s in SOURCES} >= {"pool.cu", "lrn.cu", "conv.cu", "softmax_loss.cu"}
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda s: s.name)

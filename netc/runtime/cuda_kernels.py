@@ -3,23 +3,37 @@
     top, mask = max_pool_forward(x, p)          dx = max_pool_backward(dy, mask, x.shape, p)
     top = ave_pool_forward(x, p)                dx = ave_pool_backward(dy, x.shape, p)
     y, scale = lrn_forward(x, p)                dx = lrn_backward(x, y, scale, dy, p)
+    y = conv_forward(x, w, bias, p, relu=False, out=None)
+    dx = conv_backward_data(dy, w, x.shape, p, out=None)
+    dw, db = conv_backward_weights(x, dy, w.shape, p, out=None)     db: None without a bias
+    prob = softmax_forward(x, p, out=None)
+    loss, prob = softmax_loss_forward(x, labels, p)
+    dx = softmax_loss_backward(prob, labels, p, top_diff)
 
 Arrays are C-ordered NCHW CuPy arrays of float32 or float64; the results are new arrays
-of the same dtype (MAX's mask: int32, the arg-max's flat index h·W + w in its plane).
-The semantics are netc.layers.pool's and netc.layers.lrn's, which stay the reference:
-the window geometry and the LRN constants are taken from those modules, so a kernel
-never decides a default of its own.
+of the same dtype (MAX's mask: int32, the arg-max's flat index h·W + w in its plane;
+the loss: a 0-d array), or, where a function takes `out`, that preallocated C-contiguous
+array of the result's shape and dtype, written in place and returned (the executor's
+arena views; conv_backward_weights takes a (dw, db) pair, or dw alone without a bias).
+The semantics are the layers' (netc.layers.pool, lrn, conv and loss), which stay the
+reference: the window geometry, the LRN constants, the convolution's output size and
+the loss normalizer are taken from those modules, so a kernel never decides a default
+of its own.
 
 Each .cu file is read through the package (netc.kernels, see netc.resources), compiled
 once per process by CuPy's NVRTC with `-std=c++17`, and its `extern "C"` entry points
-(`<kernel>_f32`, `<kernel>_f64`) are launched one thread per work item with grid-stride
-loops. CuPy is imported only when a kernel is first launched, so this module imports
-without it.
+(`<kernel>_f32`, `<kernel>_f64`) are launched either one thread per work item with
+grid-stride loops (any block size), or, for the cooperative kernels that share tiles
+in shared memory (the convolution's), CONV_THREADS threads per block looping over
+their tiles. CuPy is imported only when a kernel is first launched, so this module
+imports without it.
 
 Every function takes an optional `launcher`: what allocates the outputs and launches a
-kernel by name. The default runs on the current CUDA device; the tests pass one that
-poisons the outputs first, and one that runs the same C entry points compiled for the
-host (tests/kernel_cases.py), so the argument order is checked without a GPU too.
+kernel by name, `launcher(source, kernel, count, args, threads=None)` (count work
+items; threads: the block size a cooperative kernel needs, None for any). The default
+runs on the current CUDA device; the tests pass one that poisons the outputs first,
+and one that runs the same C entry points compiled for the host (tests/kernel_cases.py),
+so the argument order and types are checked without a GPU too.
 """
 from __future__ import annotations
 
@@ -27,12 +41,25 @@ import functools
 
 import numpy as np
 
+from netc.errors import NetcError
+from netc.layers.base import canonical_axis, count as _count
+from netc.layers.conv import Convolution
+from netc.layers.im2col import conv_geometry
+from netc.layers.loss import normalization_mode, normalizer
 from netc.layers.lrn import LRN
 from netc.layers.pool import _window as pool_window
 from netc.resources import read_resource
 
 BLOCK = 256           # threads per block: a multiple of the warp, enough to hide latency
 MAX_BLOCKS = 65535    # grid-stride loops cover any size beyond this many blocks
+CONV_THREADS = 256    # kernels/conv.cu's CONV_THREADS: its tiled kernels need exactly this many
+CONV_TILE = 64        # its output tile: TILE × TILE
+CONV_TILE_K = 16      # its reduction step: TILE_K
+# Backward weights splits its reduction over N·OH·OW when the weight tiles are fewer than
+# about this many blocks (enough to fill a large GPU twice), each split at least this
+# many values long, so that a split's work outweighs its partial sum's round trip.
+SPLIT_TARGET_BLOCKS = 256
+SPLIT_MIN_DEPTH = 512
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -62,9 +89,10 @@ class CupyLauncher:
     def empty(self, shape, dtype):
         return self.xp.empty(shape, dtype=dtype)
 
-    def __call__(self, source: str, kernel: str, count: int, args: tuple) -> None:
-        blocks = min(-(-count // BLOCK), MAX_BLOCKS)
-        _module(source).get_function(kernel)((blocks,), (BLOCK,), args)
+    def __call__(self, source: str, kernel: str, count: int, args: tuple, threads: int | None = None) -> None:
+        threads = threads or BLOCK
+        blocks = min(-(-count // threads), MAX_BLOCKS)
+        _module(source).get_function(kernel)((blocks,), (threads,), args)
 
 
 def _launcher(launcher):
@@ -176,4 +204,239 @@ def lrn_backward(x, y, scale, dy, p, launcher=None):
         run("lrn", f"{_lrn_kernel(p)}_backward_{_suffix(x.dtype)}", count,
             (np.int64(count), x, y, scale, dy, *extent, np.int32(size), np.float64(beta),
              np.float64(coefficient), dx))
+    return dx
+
+
+# --- shared by the functions below ------------------------------------------------------
+
+def _output(run, out, shape, dtype, what: str):
+    """`out` when given (checked: shape, dtype, C-contiguous), else a new array."""
+    shape = tuple(int(v) for v in shape)
+    if out is None:
+        return run.empty(shape, dtype)
+    if tuple(out.shape) != shape or out.dtype != np.dtype(dtype) or not out.flags.c_contiguous:
+        raise ValueError(f"{what}: out must be a C-contiguous {np.dtype(dtype)} array of shape {list(shape)}, "
+                         f"got {out.dtype} {list(out.shape)}{'' if out.flags.c_contiguous else ' (not contiguous)'}")
+    return out
+
+
+def _check_shape(what: str, array, shape) -> None:
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{what} has shape {list(array.shape)}, the layer's is {list(shape)}")
+
+
+def _common_suffix(what: str, *arrays) -> str:
+    """The kernels' dtype suffix of arrays that must share one dtype."""
+    if len({np.dtype(a.dtype) for a in arrays}) > 1:
+        raise TypeError(f"{what} needs arrays of one dtype, got {', '.join(str(a.dtype) for a in arrays)}")
+    return _suffix(arrays[0].dtype)
+
+
+# --- convolution ------------------------------------------------------------------------
+
+_CONVOLUTION = Convolution()    # the layer's shape rule and parameter shapes
+
+
+def _conv_geometry(x_shape, p) -> tuple:
+    """The int32 geometry arguments of every convolution kernel (kernels/conv.cu's
+    CONV_GEOMETRY_PARAMS), the layer's Geometry and the output shape, all as the layer
+    computes them (its shape rule raises the layer's ShapeError for an input it cannot
+    take)."""
+    x_shape = tuple(int(v) for v in x_shape)
+    (out_shape,) = _CONVOLUTION.infer(p, [x_shape], 1)
+    n, c, h, w = x_shape
+    geo = conv_geometry(p, c, h, w, out_shape[2], out_shape[3])
+    values = (n, c, h, w, out_shape[1], geo.oh, geo.ow, geo.kh, geo.kw, geo.sh, geo.sw, geo.ph, geo.pw,
+              geo.dh, geo.dw, p["group"])
+    return tuple(np.int32(v) for v in values), geo, tuple(out_shape)
+
+
+def _weight_shape(x_shape, p) -> tuple:
+    return tuple(_CONVOLUTION.param_shapes(p, [tuple(x_shape)])[0])
+
+
+def _tiles(rows: int, columns: int) -> int:
+    """Output tiles of a rows × columns GEMM (kernels/conv.cu's TILE × TILE)."""
+    return -(-rows // CONV_TILE) * -(-columns // CONV_TILE)
+
+
+def _weight_splits(tiles: int, depth: int) -> tuple[int, int]:
+    """(splits, split_depth) of backward weights' reduction over depth = N·OH·OW values:
+    one split where the weight tiles fill the device or the reduction is short, else
+    enough for about SPLIT_TARGET_BLOCKS blocks, each at least SPLIT_MIN_DEPTH long.
+    split_depth is a multiple of the reduction step; decided from the shapes alone, so
+    the sum's order, and so its bits, are the same on every run."""
+    steps = -(-depth // CONV_TILE_K)
+    splits = max(1, min(-(-SPLIT_TARGET_BLOCKS // tiles), depth // SPLIT_MIN_DEPTH))
+    split_depth = max(1, -(-steps // splits)) * CONV_TILE_K
+    return max(1, -(-depth // split_depth)), split_depth
+
+
+def conv_forward(x, w, bias, p, relu=False, launcher=None, out=None):
+    """y = conv(x, w) + bias, then max(y, 0) when relu: one implicit-GEMM launch, the bias
+    and the ReLU in its epilogue. bias: None exactly when p["bias_term"] is false."""
+    run = _launcher(launcher)
+    x, w = run.xp.ascontiguousarray(x), run.xp.ascontiguousarray(w)
+    geometry, geo, out_shape = _conv_geometry(x.shape, p)
+    _check_shape("the weight", w, _weight_shape(x.shape, p))
+    n, co = out_shape[:2]
+    if (bias is not None) != bool(p["bias_term"]):
+        raise ValueError(f"bias_term is {p['bias_term']} but the bias is {'missing' if bias is None else 'given'}")
+    if bias is not None:
+        bias = run.xp.ascontiguousarray(bias)
+        _check_shape("the bias", bias, (co,))
+    suffix = _common_suffix("conv_forward", x, w, *([bias] if bias is not None else []))
+    y = _output(run, out, out_shape, x.dtype, "conv_forward")
+    groups = p["group"]
+    tiles = groups * _tiles(co // groups, n * geo.oh * geo.ow)
+    if y.size:
+        run("conv", f"conv_forward_{suffix}", tiles * CONV_THREADS,
+            (x, w, w if bias is None else bias, np.int32(bias is not None), np.int32(bool(relu)), *geometry, y),
+            threads=CONV_THREADS)
+    return y
+
+
+def conv_backward_data(dy, w, x_shape, p, launcher=None, out=None):
+    """∂loss/∂x: each input element gathers w · dy over the filters and taps whose
+    windows cover it (an implicit GEMM with Wᵀ; no col2im, no atomics)."""
+    run = _launcher(launcher)
+    dy, w = run.xp.ascontiguousarray(dy), run.xp.ascontiguousarray(w)
+    geometry, geo, out_shape = _conv_geometry(x_shape, p)
+    _check_shape("dy", dy, out_shape)
+    _check_shape("the weight", w, _weight_shape(x_shape, p))
+    suffix = _common_suffix("conv_backward_data", dy, w)
+    dx = _output(run, out, x_shape, dy.dtype, "conv_backward_data")
+    n, c, h, width = (int(v) for v in x_shape)
+    groups = p["group"]
+    tiles = groups * _tiles(c // groups, n * h * width)
+    if dx.size:
+        run("conv", f"conv_backward_data_{suffix}", tiles * CONV_THREADS, (dy, w, *geometry, dx),
+            threads=CONV_THREADS)
+    return dx
+
+
+def conv_backward_weights(x, dy, w_shape, p, launcher=None, out=None):
+    """(dw, db): dw = Σ over N·OH·OW of dy · col(x)ᵀ, an implicit GEMM (split over the
+    pixels, and the splits summed in order by a second launch, where its tiles alone
+    would leave the device idle); db = Σ dy per channel, None without a bias. out: dw's
+    array, or a (dw, db) pair (db None without a bias)."""
+    run = _launcher(launcher)
+    x, dy = run.xp.ascontiguousarray(x), run.xp.ascontiguousarray(dy)
+    geometry, geo, out_shape = _conv_geometry(x.shape, p)
+    _check_shape("dy", dy, out_shape)
+    w_shape = tuple(int(v) for v in w_shape)
+    if w_shape != _weight_shape(x.shape, p):
+        raise ValueError(f"the weight shape {list(w_shape)} is not the layer's {list(_weight_shape(x.shape, p))}")
+    suffix = _common_suffix("conv_backward_weights", x, dy)
+    dw_out, db_out = out if isinstance(out, (tuple, list)) else (out, None)
+    n, co = out_shape[:2]
+    dw = _output(run, dw_out, w_shape, x.dtype, "conv_backward_weights (dw)")
+    db = _output(run, db_out, (co,), x.dtype, "conv_backward_weights (db)") if p["bias_term"] else None
+    groups = p["group"]
+    pixels = geo.oh * geo.ow
+    tiles = groups * _tiles(co // groups, (geo.c // groups) * geo.kh * geo.kw)
+    splits, split_depth = _weight_splits(tiles, n * pixels)
+    if dw.size:
+        partial = dw if splits == 1 else run.empty((splits,) + w_shape, x.dtype)
+        run("conv", f"conv_backward_weights_{suffix}", splits * tiles * CONV_THREADS,
+            (x, dy, *geometry, np.int32(splits), np.int64(split_depth), partial), threads=CONV_THREADS)
+        if splits > 1:
+            run("conv", f"conv_reduce_splits_{suffix}", dw.size, (np.int64(dw.size), partial, np.int32(splits), dw))
+    if db is not None and db.size:
+        run("conv", f"conv_backward_bias_{suffix}", co * CONV_THREADS,
+            (dy, np.int32(n), np.int32(co), np.int64(pixels), db), threads=CONV_THREADS)
+    return dw, db
+
+
+# --- Softmax and SoftmaxWithLoss --------------------------------------------------------
+
+def _softmax_extent(shape, p) -> tuple[int, int, int]:
+    """(outer, C, inner) around the softmax axis, as the layers resolve it."""
+    axis = canonical_axis(p["axis"], tuple(shape))
+    return _count(shape[:axis]), int(shape[axis]), _count(shape[axis + 1:])
+
+
+def _ignore_args(p) -> tuple:
+    ignore = p["ignore_label"]
+    return np.int32(ignore is not None), np.int32(0 if ignore is None else ignore)
+
+
+def _valid(xp, labels, p):
+    """labels ≠ ignore_label (the labels truncated as the layer truncates them), or None
+    without an ignore_label."""
+    if p["ignore_label"] is None:
+        return None
+    return labels.astype(xp.int64) != p["ignore_label"]
+
+
+def _softmax_loss_normalizer(xp, dtype, p, outer: int, inner: int, valid):
+    """netc.layers.loss's normalizer of the layer's normalization mode."""
+    mode = normalization_mode(p)
+    return normalizer(xp, np.dtype(dtype), mode, outer, inner,
+                      valid.sum() if valid is not None and mode == "VALID" else None)
+
+
+def _softmax_labels(xp, labels, dtype, outer: int, inner: int):
+    """The labels as a flat contiguous array of the data's dtype (what the kernels read)."""
+    labels = xp.ascontiguousarray(labels, dtype=dtype).reshape(-1)
+    if labels.size != outer * inner:
+        raise ValueError(f"SoftmaxWithLoss has {labels.size} labels for {outer * inner} predictions")
+    return labels
+
+
+def softmax_forward(x, p, launcher=None, out=None):
+    """Softmax over p["axis"]: prob = e^(x − max) / Σ e^(x − max), one thread per position."""
+    run = _launcher(launcher)
+    x = run.xp.ascontiguousarray(x)
+    outer, classes, inner = _softmax_extent(x.shape, p)
+    prob = _output(run, out, x.shape, x.dtype, "softmax_forward")
+    if prob.size:
+        run("softmax_loss", f"softmax_loss_forward_{_suffix(x.dtype)}", outer * inner,
+            (np.int64(outer * inner), x, x, np.int32(classes), np.int32(inner), np.int32(0), np.int32(0),
+             np.int32(0), prob, prob))
+    return prob
+
+
+def softmax_loss_forward(x, labels, p, launcher=None):
+    """(loss, prob) of SoftmaxWithLoss: one launch computes prob and each position's
+    −log(max(prob[label], FLT_MIN)) (0 where ignored); their sum over the normalizer of
+    loss_param (netc.layers.loss) is taken here, as a 0-d array. A label outside the
+    classes is refused with the layer's NetcError (which waits for the device)."""
+    run = _launcher(launcher)
+    xp = run.xp
+    x = xp.ascontiguousarray(x)
+    outer, classes, inner = _softmax_extent(x.shape, p)
+    labels = _softmax_labels(xp, labels, x.dtype, outer, inner)
+    valid = _valid(xp, labels, p)
+    truncated = labels.astype(xp.int64)
+    safe = truncated if valid is None else xp.where(valid, truncated, 0)
+    wrong = (safe < 0) | (safe >= classes)
+    if bool(xp.any(wrong)):
+        raise NetcError(f"a label is {float(safe[wrong][0]):g}, outside the {classes} classes 0..{classes - 1}",
+                        None, "check the labels of the data, or ignore a label value with ignore_label")
+    prob = run.empty(x.shape, x.dtype)
+    terms = run.empty((outer * inner,), x.dtype)
+    if terms.size:
+        run("softmax_loss", f"softmax_loss_forward_{_suffix(x.dtype)}", outer * inner,
+            (np.int64(outer * inner), x, labels, np.int32(classes), np.int32(inner), np.int32(1), *_ignore_args(p),
+             prob, terms))
+    norm = _softmax_loss_normalizer(xp, x.dtype, p, outer, inner, valid)
+    return xp.asarray(terms.sum() / norm, dtype=x.dtype), prob
+
+
+def softmax_loss_backward(prob, labels, p, top_diff, launcher=None):
+    """∂loss/∂x of SoftmaxWithLoss = (prob − onehot(label)) · top_diff / normalizer, zero
+    at ignored positions: one thread per element. top_diff: the loss's gradient (a 0-d
+    array or a number)."""
+    run = _launcher(launcher)
+    xp = run.xp
+    prob = xp.ascontiguousarray(prob)
+    outer, classes, inner = _softmax_extent(prob.shape, p)
+    labels = _softmax_labels(xp, labels, prob.dtype, outer, inner)
+    norm = _softmax_loss_normalizer(xp, prob.dtype, p, outer, inner, _valid(xp, labels, p))
+    scale = xp.asarray(xp.asarray(top_diff, dtype=prob.dtype) / norm, dtype=prob.dtype).reshape(1)
+    dx = run.empty(prob.shape, prob.dtype)
+    if dx.size:
+        run("softmax_loss", f"softmax_loss_backward_{_suffix(prob.dtype)}", dx.size,
+            (np.int64(dx.size), prob, labels, np.int32(classes), np.int32(inner), *_ignore_args(p), scale, dx))
     return dx
