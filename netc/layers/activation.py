@@ -6,6 +6,12 @@ Dropout (inverted, as Caffe): train y = x·mask/(1 − ratio), test y = x.
 from __future__ import annotations
 
 from netc.layers.base import LayerType, Param, ParamError, count, register
+from netc.layers.memory_order import batch_last
+
+
+def _ordered_batch_last(a) -> bool:
+    """Whether `a` is a blob ordered batch-last: its result's place is asked in its order."""
+    return batch_last(a) is not None
 
 
 class _Elementwise(LayerType):
@@ -42,20 +48,23 @@ class ReLU(_Elementwise):
     def preserves_sign(self, p):
         return p["negative_slope"] >= 0
 
-    # y = x if x > 0 else slope·x;  ∂y/∂x = 1 if x > 0 else slope
+    # y = x if x > 0 else slope·x;  ∂y/∂x = 1 if x > 0 else slope (Caffe: dy·[x > 0] + slope·dy·[x ≤ 0])
     def forward(self, p, bottoms, weights, ctx, state):
         x = bottoms[0]
         slope = p["negative_slope"]
         if slope == 0:
-            return [ctx.xp.maximum(x, 0)]
+            return [ctx.xp.maximum(x, 0, out=ctx.output(0, _ordered_batch_last(x)))]
         return [ctx.xp.where(x > 0, x, x * x.dtype.type(slope))]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         if not need[0]:
             return [None], []
-        x, dy = bottoms[0], top_diffs[0]
-        slope = p["negative_slope"]
-        return [ctx.xp.where(x > 0, dy, dy * dy.dtype.type(slope))], []
+        dy, slope = top_diffs[0], p["negative_slope"]
+        # with slope ≥ 0 the output, as backward_keeps says: y > 0 exactly where x > 0
+        z = tops[0] if slope >= 0 else bottoms[0]
+        if slope == 0:
+            return [ctx.xp.multiply(dy, z > 0, out=ctx.input_diff(0, _ordered_batch_last(z)))], []
+        return [ctx.xp.where(z > 0, dy, dy * dy.dtype.type(slope))], []
 
 
 @register
@@ -126,10 +135,12 @@ class Dropout(_Elementwise):
         keep = xp.asarray(ctx.rng.random(x.shape) >= ratio)       # Bernoulli(1 − ratio)
         mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - ratio))
         state["mask"] = mask
-        return [x * mask]
+        return [xp.multiply(x, mask, out=ctx.output(0, _ordered_batch_last(x)))]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         if not need[0]:
             return [None], []
-        mask = state.get("mask")
-        return [top_diffs[0] if mask is None else top_diffs[0] * mask], []
+        mask, dy = state.get("mask"), top_diffs[0]
+        if mask is None:
+            return [dy], []
+        return [ctx.xp.multiply(dy, mask, out=ctx.input_diff(0, _ordered_batch_last(dy)))], []

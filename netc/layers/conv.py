@@ -85,13 +85,13 @@ def _from_batch_major(xp, a, n: int, h: int, w: int):
     return xp.ascontiguousarray(a.reshape(g * m, n, h, w).transpose(1, 0, 2, 3))
 
 
-def _to_nchw(xp, r, bias, n: int, oh: int, ow: int):
-    """A batched GEMM's result r (Co, ...) in layout "C" (Co, N, OH, OW) as a new
-    (N, Co, OH, OW) array, the bias added on the way; split over channels across
-    threads (NumPy)."""
+def _to_nchw(xp, r, bias, n: int, oh: int, ow: int, out=None):
+    """A batched GEMM's result r (Co, ...) in layout "C" (Co, N, OH, OW) as an
+    (N, Co, OH, OW) array (`out`, else a new one), the bias added on the way; split
+    over channels across threads (NumPy)."""
     co = r.shape[0]
     src = r.reshape(co, n, oh, ow).transpose(1, 0, 2, 3)
-    y = xp.empty((n, co, oh, ow), dtype=r.dtype)
+    y = xp.empty((n, co, oh, ow), dtype=r.dtype) if out is None else out
 
     def run(a, b):
         if bias is None:
@@ -120,10 +120,20 @@ def _from_nchw(xp, dy, layout: str):
     return out.reshape(co, -1)
 
 
-def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int):
+def _gemm_target(out, rows: int):
+    """The (rows, OH·OW·N) matrix a batch-last output's memory is (see layout "T"),
+    or None without a place to write to."""
+    if out is None:
+        return None
+    t = batch_last(out)
+    return (out if t is None else t).reshape(rows, -1)     # a batch of one: either order
+
+
+def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, place=lambda i, batch_last: None):
     """y = conv(x) (+ bias): (N, Co, OH, OW). wts: [Co, C/g, kh, kw]. Nothing is kept
     for the backward but the input (as Caffe, the backward makes the columns again:
-    keeping them would cost kh·kw times the input's memory until the backward)."""
+    keeping them would cost kh·kw times the input's memory until the backward).
+    place: where to write y (RunContext.output), in the order the layout makes it."""
     co = wts.shape[0]
     wmat = wts.reshape(groups, co // groups, -1)
     kg, pix = geo.rows // groups, geo.oh * geo.ow
@@ -138,19 +148,21 @@ def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int):
         # saves a pass over the output (and one over its gradient)
         cols = _columns(xp, x, geo, layout, ones_row=True)
         wmat = xp.concatenate([wts.reshape(co, -1), bias.reshape(co, 1)], axis=1)
-        r = xp.matmul(wmat, cols.reshape(geo.rows + 1, -1))
+        r = xp.matmul(wmat, cols.reshape(geo.rows + 1, -1), out=_gemm_target(place(0, True), co))
         return as_blob(r.reshape(co, geo.oh, geo.ow, n))
     if layout == "T":
         # the GEMM's result (Co, OH·OW·N) is the output, ordered batch-last
         cols = _columns(xp, x, geo, layout).reshape(groups, kg, n * pix)
-        r = xp.matmul(wmat, cols).reshape(co, -1)
+        target = _gemm_target(place(0, True), co)
+        r = xp.matmul(wmat, cols, out=None if target is None else target.reshape(groups, co // groups, -1))
+        r = r.reshape(co, -1)
         if bias is not None:
             r += bias.reshape(co, 1)
         return as_blob(r.reshape(co, geo.oh, geo.ow, n))
     if layout == "C":
         cols = _columns(xp, x, geo, layout).reshape(groups, kg, n * pix)
         r = xp.matmul(wmat, cols, out=workspace(xp, (groups, co // groups, n * pix), x.dtype, "gemm"))
-        return _to_nchw(xp, r.reshape(co, -1), bias, n, geo.oh, geo.ow)
+        return _to_nchw(xp, r.reshape(co, -1), bias, n, geo.oh, geo.ow, out=place(0, False))
     if layout == "1":
         y = xp.matmul(wmat, x.reshape(n, groups, kg, pix)).reshape(n, co, geo.oh, geo.ow)
         if bias is not None:
@@ -158,7 +170,9 @@ def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int):
         return y
     # Layout "N": im2col, one GEMM per image and the bias, slice by slice of the batch,
     # the slices on several threads when the GEMMs are small (LeNet's conv1).
-    y = xp.empty((n, co, geo.oh, geo.ow), dtype=x.dtype)
+    y = place(0, False)
+    if y is None:
+        y = xp.empty((n, co, geo.oh, geo.ow), dtype=x.dtype)
 
     def run(a, b):
         cols = im2col(xp, x[a:b], geo, "N")
@@ -339,7 +353,8 @@ class Convolution(_ConvolutionBase):
     def forward(self, p, bottoms, weights, ctx, state):
         x = bottoms[0]
         bias = weights[1] if p["bias_term"] else None
-        return [_conv_forward(ctx.xp, x, weights[0], bias, self._geometry(p, x), p["group"], x.shape[0])]
+        return [_conv_forward(ctx.xp, x, weights[0], bias, self._geometry(p, x), p["group"], x.shape[0],
+                              ctx.output)]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         xp, x, dy = ctx.xp, bottoms[0], top_diffs[0]

@@ -24,6 +24,7 @@ offsets only.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy
@@ -42,11 +43,31 @@ _WORKSPACE_MAX_BYTES = 512 << 20
 _local = threading.local()
 
 
+@contextmanager
+def workspace_region(region):
+    """Within it, workspace() on this thread hands out consecutive pieces of `region`
+    (bytes: the scratch the memory plan gave the layer being run, in its arena) while
+    they fit, each valid until the block ends; then, or without a region, the slots."""
+    previous = getattr(_local, "region", None)
+    _local.region = None if region is None else [region, 0]
+    try:
+        yield
+    finally:
+        _local.region = previous
+
+
 def workspace(xp, shape, dtype, slot: str = "col"):
     """An uninitialised scratch array, valid until the next call for the same slot
     on this thread: never return it, or keep it past the layer call that asked."""
     dtype = numpy.dtype(dtype)
     nbytes = dtype.itemsize * int(numpy.prod(shape, dtype=numpy.int64))
+    region = getattr(_local, "region", None)
+    if region is not None:
+        memory, used = region
+        start = -(-used // 64) * 64
+        if start + nbytes <= memory.size:
+            region[1] = start + nbytes
+            return memory[start:start + nbytes].view(dtype).reshape(shape)
     if xp is not numpy or nbytes > _WORKSPACE_MAX_BYTES:
         return xp.empty(shape, dtype=dtype)
     buffers = getattr(_local, "buffers", None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from netc.layers.base import LayerType, Param, ParamError, ShapeError, count, register
+from netc.layers.memory_order import batch_last
 
 
 def _window_sum(xp, a, axis: int, n: int):
@@ -104,7 +105,7 @@ class LRN(LayerType):
         scale += one(k)
         powered = _power(xp, scale, beta, sq)    # scale^β; y = x·scale^(−β)
         state["scale"], state["powered"] = scale, powered
-        return [xp.divide(x, powered)]
+        return [xp.divide(x, powered, out=ctx.output(0, batch_last(x) is not None))]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         if not need[0]:
@@ -120,6 +121,6 @@ class LRN(LayerType):
         acc = self._window(xp, ratio, p, n)
         acc *= x
         acc *= x.dtype.type(2 * alpha * beta / m)
-        dx = xp.divide(dy, powered)
+        dx = xp.divide(dy, powered, out=ctx.input_diff(0, batch_last(x) is not None))
         dx -= acc
         return [dx], []

@@ -47,8 +47,10 @@ class Concat(LayerType):
         if axis == 1 and any(batch_last(b) is not None for b in bottoms):
             # channels are the outer axis of batch-last memory: each input is one block
             # (netc.layers.memory_order); inputs in the other order are transposed once
-            return [as_blob(xp.concatenate([to_batch_last(xp, b) for b in bottoms], axis=0))]
-        return [xp.concatenate(bottoms, axis=axis)]
+            out = ctx.output(0, True)
+            target = None if out is None else batch_last(out)
+            return [as_blob(xp.concatenate([to_batch_last(xp, b) for b in bottoms], axis=0, out=target))]
+        return [xp.concatenate(bottoms, axis=axis, out=ctx.output(0, False))]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         axis = canonical_axis(p["axis"], bottoms[0].shape)

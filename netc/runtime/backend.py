@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -155,10 +156,25 @@ class RunContext:
     phase: str
     dtype: type
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    # Set by the executor around one layer call: (i, batch_last) → where the forward's
+    # output i, or the backward's gradient of input i, is to be written (a view in the
+    # memory plan's arena), or None. A layer that writes its result there directly
+    # (out=) saves the executor a copy and the result's own allocation.
+    outputs: Callable | None = None
+    input_diffs: Callable | None = None
 
     @property
     def xp(self):
         return self.backend.xp
+
+    def output(self, i: int = 0, batch_last: bool = False):
+        """The place of the forward's output i, ordered batch-last or (N, C, H, W) as
+        asked (netc.layers.memory_order), or None: then the layer makes its own array."""
+        return None if self.outputs is None else self.outputs(i, batch_last)
+
+    def input_diff(self, i: int = 0, batch_last: bool = False):
+        """The place of the backward's gradient of input i (None: make one), as output()."""
+        return None if self.input_diffs is None else self.input_diffs(i, batch_last)
 
     @property
     def train(self) -> bool:

@@ -24,6 +24,7 @@ from netc.errors import NetcError
 from netc.passes.memory import MemoryPlan, gradient, plan_memory
 from netc.ir import Net
 from netc.layers import REGISTRY
+from netc.layers.im2col import workspace_region
 from netc.layers.memory_order import as_blob, batch_last
 from netc.runtime.backend import NUMPY, Backend, RunContext
 from netc.runtime.threads import keep_freed_memory
@@ -124,11 +125,13 @@ class Storage:
         for b in self._ending.get(step, ()):
             self.arena[b.offset:b.offset + b.size] = 0xFF
 
-    def view(self, value: str, like=None):
+    def view(self, value: str, like=None, ordered_batch_last: bool = False):
         """The value's place in the arena (None without one), in the memory order of
-        `like` (batch-last or not: netc.layers.memory_order)."""
+        `like`, or batch-last if asked (netc.layers.memory_order)."""
         view = self.views.get(value)
-        if view is not None and like is not None and batch_last(like) is not None:
+        if view is None or view.ndim != 4 or view.shape[0] == 1:
+            return view
+        if ordered_batch_last or (like is not None and batch_last(like) is not None):
             n, c, h, w = view.shape
             view = as_blob(view.reshape(c, h, w, n))
         return view
@@ -262,8 +265,14 @@ class Executor:
             else:
                 bottoms = [self.values[v] for v in self._bottom_values[layer.name]]
                 state = {"ntops": len(layer.tops)}
-                tops = self._call(layer, spec.forward, dict(layer.params), bottoms,
-                                  self.weights.get(layer.name, []), ctx, state)
+                top_values = self._top_values[layer.name]
+                if storage.plan is not None:
+                    ctx.outputs = lambda i, order, tv=top_values: storage.view(tv[i], ordered_batch_last=order)
+                try:
+                    tops = self._call(layer, spec.forward, dict(layer.params), bottoms,
+                                      self.weights.get(layer.name, []), ctx, state)
+                finally:
+                    ctx.outputs = None
             tops = [storage.place(v, t) for v, t in zip(self._top_values[layer.name], tops)]
             if layer.bottoms or layer.type == "DummyData":
                 self.records[layer.name] = _Record(bottoms, tops, self._keep_state(layer.name, state))
@@ -375,9 +384,17 @@ class Executor:
             top_diffs = [d if d is not None else xp.zeros_like(v) for d, v in zip(top_diffs, record.tops)]
             spec = REGISTRY[layer.type]
             need = [self._blob_needs_gradient(b) for b in layer.bottoms]
-            bottom_diffs, weight_diffs = self._call(layer, spec.backward, dict(layer.params), record.bottoms,
-                                                    record.tops, top_diffs, self.weights.get(layer.name, []),
-                                                    self.ctx, record.state, need)
+            bottom_values = self._bottom_values[layer.name]
+            if plan is not None:        # a gradient's first contribution may go straight to its place
+                self.ctx.input_diffs = lambda i, order, bv=bottom_values: (
+                    None if bv[i] in diffs or bottom_values.count(bv[i]) > 1
+                    else storage.view(gradient(bv[i]), ordered_batch_last=order))
+            try:
+                bottom_diffs, weight_diffs = self._call(
+                    layer, spec.backward, dict(layer.params), record.bottoms, record.tops, top_diffs,
+                    self.weights.get(layer.name, []), self.ctx, record.state, need, scratch="backward workspace")
+            finally:
+                self.ctx.input_diffs = None
             if self.observer is not None:
                 self.observer(layer, "backward", (bottom_diffs, weight_diffs))
             for value, diff in zip(self._bottom_values[layer.name], bottom_diffs):
@@ -397,12 +414,14 @@ class Executor:
         plan = self.storage.plan
         name = None if plan is None else plan.values.get(gradient(value))
         return name is not None and plan.buffer(name).first <= len(self.net.layers)
-    def _call(self, layer, method, *args):
-        """A layer's forward or backward: a run-time NetcError it raises is located at
-        the layer, and its time is added to the profile when profiling."""
+    def _call(self, layer, method, *args, scratch: str = "workspace"):
+        """A layer's forward or backward, its workspace in the plan's scratch for it: a
+        run-time NetcError it raises is located at the layer, and its time is added to
+        the profile when profiling."""
         started = time.perf_counter() if self.profile is not None else 0.0
         try:
-            return method(*args)
+            with workspace_region(self.storage.region(f"{layer.name}:{scratch}")):
+                return method(*args)
         except NetcError as err:
             raise _located(err, layer) from None
         finally:

@@ -147,3 +147,16 @@ def test_gradcheck_dropout(tmp_path, ratio, in_place):
 
 def test_gradcheck_dropout_test_phase(tmp_path):
     gradcheck("input data [3, 4]\nd: Dropout(data, 0.5)\n", tmp_path, phase="test")
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1, -0.5])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_gradcheck_relu(tmp_path, slope, in_place):
+    """In place the backward reads the output (slope ≥ 0: y > 0 exactly where x > 0);
+    not in place, ip is read again after the ReLU, so the arena has other values in
+    its memory by the ReLU's backward: it must read only what backward_keeps says."""
+    text = ("input data [3, 4]\nip: InnerProduct(6, weight=gaussian(std=1), bias=gaussian(std=1))\n"
+            + (f"r: ReLU({slope})!\n" if in_place else
+               f"r: ReLU(ip, negative_slope={slope})\nt: TanH(ip)\nmore: InnerProduct(t, 3, weight=gaussian(std=1))\n"
+               "both: InnerProduct(r, 3, weight=gaussian(std=1))\n"))
+    gradcheck(text, tmp_path)

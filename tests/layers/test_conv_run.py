@@ -194,8 +194,11 @@ def test_weight_gradient_accumulates_over_the_batch(tmp_path):
 
 
 def test_inputs_are_not_modified(tmp_path):
-    ex = build("input data [2, 2, 5, 5]\nc: Convolution(2, kernel=3, pad=1, weight=gaussian(std=1))\n"
-               "d: Deconvolution(2, kernel=3, stride=2, weight=gaussian(std=1))\n", tmp_path)
+    built = build("input data [2, 2, 5, 5]\nc: Convolution(2, kernel=3, pad=1, weight=gaussian(std=1))\n"
+                  "d: Deconvolution(2, kernel=3, stride=2, weight=gaussian(std=1))\n", tmp_path)
+    # every blob its own array: in the arena the backward rightly reuses the blobs' memory
+    ex = Executor(built.net, built.weights, dtype=np.float64, memory="separate")
+    ex.force_backward = True
     x = np.random.default_rng(4).normal(size=(2, 2, 5, 5))
     ex.forward({"data": x})
     before = {k: np.array(v).copy() for k, v in ex.blobs.items()}
