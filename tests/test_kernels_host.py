@@ -121,3 +121,64 @@ def test_the_launcher_checks_arguments_against_the_kernel(launcher):
         launcher("conv", "conv_reduce_splits_f32", 4, (kc.np.int64(4), x.astype(kc.np.float64), kc.np.int32(1), x))
     with pytest.raises(AssertionError, match="takes 4 arguments"):
         launcher("conv", "conv_reduce_splits_f32", 4, (kc.np.int64(4), x, x))
+
+
+WHOLE_NET = """net Small
+input data [2, 4, 9, 9]
+input label [2]
+conv1: Convolution(data, 6, kernel=3, pad=1, group=2, weight=gaussian(std=0.3), bias=gaussian(std=0.1))
+relu1: ReLU!
+norm1: LRN(local_size=3, alpha=0.5, beta=0.75)
+pool1: Pooling(MAX, kernel=3, stride=2)
+conv2: Convolution(5, kernel=2, stride=1, dilation=2, weight=gaussian(std=0.3), bias=gaussian(std=0.1))
+pool2: Pooling(AVE, kernel=2, stride=1, pad=1)
+ip: InnerProduct(7, weight=gaussian(std=0.3), bias=gaussian(std=0.1))
+loss: SoftmaxWithLoss(ip, label)
+"""
+
+
+@pytest.mark.parametrize("memory", ["arena", "separate"])
+def test_a_whole_net_through_the_kernels_matches_the_array_code(launcher, tmp_path, memory):
+    """The layers' binding of the kernels (what --device cuda runs): the same net, weights
+    and batch through kernels/*.cu (on the host) and through the NumPy code, in float64:
+    every output, the loss and every gradient agree; in the arena the kernels write
+    into the plan's places."""
+    np = kc.np
+    from netc.compile import compile_net
+    from netc.runtime.backend import Backend
+    from netc.runtime.executor import Executor
+    from netc.runtime.weights import init_weights
+
+    path = tmp_path / "small.net"
+    path.write_text(WHOLE_NET)
+    net = compile_net(str(path), "train")
+    weights = init_weights(net, 0, np.float64)
+    rng = np.random.default_rng(5)
+    feeds = {"data": rng.normal(size=(2, 4, 9, 9)), "label": np.array([3.0, 6.0])}
+    runs = []
+    for backend in (Backend("cpu", np), Backend("host kernels", np, kernels=launcher)):
+        ex = Executor(net, weights, backend=backend, dtype=np.float64, memory=memory)
+        ex.force_backward = True
+        ex.poison_dead = memory == "arena"
+        seen = {}
+        ex.observer = lambda layer, kind, arrays, seen=seen: seen.setdefault(
+            (layer.name, kind), [None if a is None else np.array(a) for a in
+                                 (arrays if kind == "forward" else list(arrays[0]) + list(arrays[1]))])
+        ex.forward(feeds)
+        grads = ex.backward()
+        runs.append((seen, ex.loss, grads, {k: np.array(v) for k, v in ex.diffs.items()}))
+    (arrays, loss, grads, diffs), (k_arrays, k_loss, k_grads, k_diffs) = runs
+    assert set(arrays) == set(k_arrays) and ("conv1", "backward") in arrays
+    for key, values in arrays.items():
+        for want, got in zip(values, k_arrays[key]):
+            assert (want is None) == (got is None), key
+            if want is not None:
+                kc.assert_close(got, want, np.float64, f"{key}")
+    assert abs(k_loss - loss) <= 1e-12 * abs(loss)
+    for name in grads:
+        for want, got in zip(grads[name], k_grads[name]):
+            kc.assert_close(got, want, np.float64, f"∂{name}")
+    kc.assert_close(k_diffs["data"], diffs["data"], np.float64, "∂data")
+    launched = {kernel for kernel, _, _ in launcher.launched}
+    assert {"conv_forward_f64", "lrn_across_forward_f64", "max_pool_forward_f64", "ave_pool_backward_f64",
+            "softmax_loss_backward_f64", "conv_backward_data_f64"} <= launched

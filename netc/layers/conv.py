@@ -353,10 +353,23 @@ class Convolution(_ConvolutionBase):
     def forward(self, p, bottoms, weights, ctx, state):
         x = bottoms[0]
         bias = weights[1] if p["bias_term"] else None
+        if ctx.backend.kernels is not None:       # kernels/conv.cu (netc.runtime.cuda_kernels)
+            from netc.runtime import cuda_kernels
+            return [cuda_kernels.conv_forward(x, weights[0], bias, p, launcher=ctx.backend.kernels,
+                                              out=ctx.output(0))]
         return [_conv_forward(ctx.xp, x, weights[0], bias, self._geometry(p, x), p["group"], x.shape[0],
                               ctx.output)]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
+        if ctx.backend.kernels is not None:
+            from netc.runtime import cuda_kernels
+            x, dy, launcher = bottoms[0], top_diffs[0], ctx.backend.kernels
+            dx = None
+            if need[0]:
+                dx = cuda_kernels.conv_backward_data(dy, weights[0], x.shape, p, launcher=launcher,
+                                                     out=ctx.input_diff(0))
+            dw, db = cuda_kernels.conv_backward_weights(x, dy, weights[0].shape, p, launcher=launcher)
+            return [dx], [dw] + ([db] if p["bias_term"] else [])
         xp, x, dy = ctx.xp, bottoms[0], top_diffs[0]
         n, groups, wts = x.shape[0], p["group"], weights[0]
         co = wts.shape[0]

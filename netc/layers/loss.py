@@ -128,6 +128,11 @@ class SoftmaxWithLoss(LayerType):
     def forward(self, p, bottoms, weights, ctx, state):
         xp = ctx.xp
         x = bottoms[0]
+        if ctx.backend.kernels is not None:       # kernels/softmax_loss.cu (netc.runtime.cuda_kernels)
+            from netc.runtime import cuda_kernels
+            loss, prob = cuda_kernels.softmax_loss_forward(x, bottoms[1], p, launcher=ctx.backend.kernels)
+            state.update(kernel_prob=prob, kernel_labels=bottoms[1])
+            return [loss, prob]
         axis = canonical_axis(p["axis"], x.shape)
         outer, classes, inner = count(x.shape[:axis]), x.shape[axis], count(x.shape[axis + 1:])
         prob = _softmax(xp, x, axis)
@@ -154,6 +159,10 @@ class SoftmaxWithLoss(LayerType):
         xp = ctx.xp
         if not need[0]:
             return [None, None], []
+        if ctx.backend.kernels is not None:
+            from netc.runtime import cuda_kernels
+            return [cuda_kernels.softmax_loss_backward(state["kernel_prob"], state["kernel_labels"], p,
+                                                       top_diffs[0], launcher=ctx.backend.kernels), None], []
         prob3, labels, valid = state["prob3"], state["labels"], state["valid"]
         classes = prob3.shape[1]
         onehot = xp.arange(classes)[None, :, None] == labels[:, None, :]

@@ -97,6 +97,10 @@ class LRN(LayerType):
 
     def forward(self, p, bottoms, weights, ctx, state):
         xp, x = ctx.xp, bottoms[0]
+        if ctx.backend.kernels is not None:       # kernels/lrn.cu (netc.runtime.cuda_kernels)
+            from netc.runtime import cuda_kernels
+            y, state["kernel_scale"] = cuda_kernels.lrn_forward(x, p, launcher=ctx.backend.kernels)
+            return [y]
         n, m, alpha, beta, k = self._constants(p)
         one = x.dtype.type
         sq = x * x
@@ -111,6 +115,12 @@ class LRN(LayerType):
         if not need[0]:
             return [None], []
         xp, x, y, dy = ctx.xp, bottoms[0], tops[0], top_diffs[0]
+        if ctx.backend.kernels is not None:
+            from netc.runtime import cuda_kernels
+            scale = state.get("kernel_scale")
+            if scale is None:
+                y, scale = cuda_kernels.lrn_forward(x, p, launcher=ctx.backend.kernels)
+            return [cuda_kernels.lrn_backward(x, y, scale, dy, p, launcher=ctx.backend.kernels)], []
         n, m, alpha, beta, k = self._constants(p)
         scale, powered = state.get("scale"), state.get("powered")
         if scale is None:

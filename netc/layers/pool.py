@@ -332,6 +332,15 @@ class Pooling(LayerType):
         if p["pool"] == "STOCHASTIC":
             raise NetcError("STOCHASTIC pooling cannot run in netc yet",
                             hint="use pool=MAX or pool=AVE")
+        if ctx.backend.kernels is not None:       # kernels/pool.cu (netc.runtime.cuda_kernels)
+            from netc.runtime import cuda_kernels
+            if p["pool"] == "AVE":
+                return [cuda_kernels.ave_pool_forward(x, p, launcher=ctx.backend.kernels)]
+            y, mask = cuda_kernels.max_pool_forward(x, p, launcher=ctx.backend.kernels)
+            if state.get("ntops", 2) < 2:
+                return [y]
+            state["kernel_mask"] = mask       # h·W + w of each window's maximum: Caffe's mask top
+            return [y, mask.astype(x.dtype)]
         if p["global_pooling"]:
             if p["pool"] == "AVE":
                 return [x.mean(axis=(2, 3), keepdims=True)]
@@ -401,6 +410,15 @@ class Pooling(LayerType):
         if not need[0]:
             return [None], []
         xp, x, dy = ctx.xp, bottoms[0], top_diffs[0]
+        if ctx.backend.kernels is not None:
+            from netc.runtime import cuda_kernels
+            launcher = ctx.backend.kernels
+            if p["pool"] == "AVE":
+                return [cuda_kernels.ave_pool_backward(dy, x.shape, p, launcher=launcher)], []
+            mask = state.get("kernel_mask")
+            if mask is None:          # found again from x, as the array code does
+                _, mask = cuda_kernels.max_pool_forward(x, p, launcher=launcher)
+            return [cuda_kernels.max_pool_backward(dy, mask, x.shape, p, launcher=launcher)], []
         n, c, h, w = x.shape
         kernel, stride, pad, out = _window(p, h, w)
         (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out

@@ -29,6 +29,9 @@ class Backend:
     name: str                        # "cpu" or "cuda"
     xp: object                       # the array module: numpy or cupy
     device_index: int | None = None  # the GPU's index (cuda), None on the CPU
+    # what launches the hand-written kernels of kernels/*.cu (netc.runtime.cuda_kernels'
+    # launcher): the layers with a kernel run it instead of their array code; None: none
+    kernels: object = None
 
     @property
     def device(self) -> str:
@@ -127,7 +130,8 @@ def get_backend(device: str) -> Backend:
     except Exception as err:
         raise NetcError(unavailable + f"GPU {index} cannot be used ({_cause(err)})", None,
                         "another GPU (cuda:N), or --device cpu") from None
-    return Backend("cuda", cupy, index)
+    from netc.runtime.cuda_kernels import CupyLauncher
+    return Backend("cuda", cupy, index, kernels=CupyLauncher())
 
 
 def _import_cupy(unavailable: str = ""):
