@@ -99,22 +99,27 @@ def _align(n: int, alignment: int) -> int:
     return -(-n // alignment) * alignment
 
 
-def _loss_tops(net: Net) -> set[tuple[str, int]]:
-    """(layer, top index) with a non-zero loss weight (the executor's loss_weights)."""
-    out = set()
+def loss_weights(net: Net) -> dict[tuple[str, int], float]:
+    """(layer, top index) → its weight in the total loss, for the non-zero ones (Caffe's
+    rule: a loss layer's first top weighs 1 unless loss_weight says otherwise)."""
+    out = {}
     for layer in net.layers:
         spec = REGISTRY[layer.type]
-        for i in range(len(layer.tops)):
-            w = layer.loss_weight[i] if i < len(layer.loss_weight) else (spec.default_loss_weight() if i == 0 else 0.0)
+        for i, _ in enumerate(layer.tops):
+            if i < len(layer.loss_weight):
+                w = layer.loss_weight[i]
+            else:
+                w = spec.default_loss_weight() if i == 0 else 0.0
             if w:
-                out.add((layer.name, i))
+                out[(layer.name, i)] = w
     return out
 
 
-def _backward_layers(net: Net, everything: bool = False) -> tuple[set[int], set[str]]:
-    """The layers whose backward runs in training, and the blobs given gradients:
-    as Executor._depends_on_weights and Executor.backward decide. everything: every
-    layer and blob (the executor's force_backward, for gradient checks)."""
+def backward_layers(net: Net, everything: bool = False) -> tuple[set[int], set[str]]:
+    """The layers (by index) whose backward runs in training, and the blobs given
+    gradients: those with weights or reading something computed from them (Caffe's
+    need_backward), so an inference-only prefix such as the data layers is skipped.
+    everything: every layer and blob (the executor's force_backward, gradient checks)."""
     learning: set[int] = set()
     learned: set[str] = set()
     for i, layer in enumerate(net.layers):
@@ -126,6 +131,26 @@ def _backward_layers(net: Net, everything: bool = False) -> tuple[set[int], set[
             learning.add(i)
             learned.update(layer.tops)
     return learning, learned
+
+
+def value_names(net: Net) -> tuple[list[list[str]], list[list[str]], dict[str, str]]:
+    """Each layer's bottoms and tops as values, by layer index, and each blob's last
+    value. A value is one write of a blob: named as the blob for its first write, and
+    "blob@layer" for a later write by an in-place layer."""
+    current: dict[str, str] = {}
+    used: set[str] = set()
+    bottoms_of: list[list[str]] = []
+    tops_of: list[list[str]] = []
+    for layer in net.layers:
+        bottoms_of.append([current[b] for b in layer.bottoms])
+        tops = []
+        for top in layer.tops:
+            value = top if top not in used else f"{top}@{layer.name}"
+            used.add(value)
+            current[top] = value
+            tops.append(value)
+        tops_of.append(tops)
+    return bottoms_of, tops_of, current
 
 
 def _indices(keep, n: int) -> range | tuple[int, ...]:
@@ -174,25 +199,16 @@ def plan_memory(net: Net, phase: str | None = None, dtype_bytes: int = 4,
     train = backward != "none"
     layers = net.layers
     nf = len(layers)
-    learning, learned = _backward_layers(net, backward == "all") if train else (set(), set())
-    losses = _loss_tops(net) if train else set()
+    learning, learned = backward_layers(net, backward == "all") if train else (set(), set())
+    losses = set(loss_weights(net)) if train else set()
 
     # values: one per write of a blob (an in-place layer writes a new one)
-    current: dict[str, str] = {}
-    bottoms_of: list[list[str]] = []
-    tops_of: list[list[str]] = []
+    bottoms_of, tops_of, current = value_names(net)
     vals = _Values()
     for i, layer in enumerate(layers):
-        info = net.layer_info[layer.name]
-        bottoms_of.append([current[b] for b in layer.bottoms])
-        tops = []
-        for top, shape in zip(layer.tops, info.top_shapes):
-            value = top if top not in current and top not in vals.parent else f"{top}@{layer.name}"
+        for value, shape in zip(tops_of[i], net.layer_info[layer.name].top_shapes):
             vals.add(value, _count(shape) * dtype_bytes, "activation", i)
-            current[top] = value
-            tops.append(value)
-        tops_of.append(tops)
-        for v in bottoms_of[-1]:
+        for v in bottoms_of[i]:
             vals.uses[v].append(i)
     for v, uses in vals.uses.items():
         if len(uses) == 1:          # read by no layer: an output, wanted at the end of the forward

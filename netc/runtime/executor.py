@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from netc.errors import NetcError
-from netc.passes.memory import MemoryPlan, gradient, plan_memory
+from netc.passes.memory import MemoryPlan, backward_layers, gradient, loss_weights, plan_memory, value_names
 from netc.ir import Net
 from netc.layers import REGISTRY
 from netc.layers.im2col import workspace_region
@@ -54,21 +54,6 @@ def _sum_shared(grads: dict[str, list], weights: dict[str, list]) -> dict[str, l
             for n, i in places:
                 grads[n][i] = total
     return grads
-
-
-def loss_weights(net: Net) -> dict[tuple[str, int], float]:
-    """(layer, top index) → its weight in the total loss, for the non-zero ones."""
-    out = {}
-    for layer in net.layers:
-        spec = REGISTRY[layer.type]
-        for i, _ in enumerate(layer.tops):
-            if i < len(layer.loss_weight):
-                w = layer.loss_weight[i]
-            else:
-                w = spec.default_loss_weight() if i == 0 else 0.0
-            if w:
-                out[(layer.name, i)] = w
-    return out
 
 
 @dataclass
@@ -176,7 +161,8 @@ class Executor:
         self.records: dict[str, _Record] = {}
         self.loss = 0.0
         self.diffs: dict = {}
-        self._learning_layers, self._learned_blobs = self._depends_on_weights()
+        learning, self._learned_blobs = backward_layers(net)
+        self._learning_layers = {net.layers[i].name for i in learning}
         # layer name → seconds spent in its forward and backward, when profiling (bench/)
         self.profile: dict[str, float] | None = None
         # called as observer(layer, "forward", tops) after each layer's forward and as
@@ -204,22 +190,15 @@ class Executor:
 
     def _values_of_layers(self) -> None:
         """Each layer's bottoms and tops as values, named as the memory plan names them."""
-        current: dict[str, str] = {}
-        self._bottom_values: dict[str, list[str]] = {}
-        self._top_values: dict[str, list[str]] = {}
+        bottoms_of, tops_of, self._last_value = value_names(self.net)
+        self._bottom_values = {l.name: b for l, b in zip(self.net.layers, bottoms_of)}
+        self._top_values = {l.name: t for l, t in zip(self.net.layers, tops_of)}
         self._shapes: dict[str, tuple] = {}
         self._blob_of: dict[str, str] = {}
-        for layer in self.net.layers:
-            self._bottom_values[layer.name] = [current[b] for b in layer.bottoms]
-            tops = []
-            for top, shape in zip(layer.tops, self.net.layer_info[layer.name].top_shapes):
-                value = top if top not in current and top not in self._shapes else f"{top}@{layer.name}"
-                current[top] = value
+        for layer, tops in zip(self.net.layers, tops_of):
+            for top, value, shape in zip(layer.tops, tops, self.net.layer_info[layer.name].top_shapes):
                 self._shapes[value] = self._shapes[gradient(value)] = tuple(shape)
                 self._blob_of[value] = top
-                tops.append(value)
-            self._top_values[layer.name] = tops
-        self._last_value = current
 
     def _make_storage(self) -> Storage:
         if self.memory == "separate":
@@ -427,18 +406,6 @@ class Executor:
         finally:
             if self.profile is not None:
                 self.profile[layer.name] = self.profile.get(layer.name, 0.0) + time.perf_counter() - started
-
-    def _depends_on_weights(self) -> tuple[set[str], set[str]]:
-        """The layers that have weights or read something computed from them, and the
-        blobs those write: only they need backward (Caffe's need_backward), so an
-        inference-only prefix, such as the data layers, is skipped."""
-        layers: set[str] = set()
-        blobs: set[str] = set()
-        for layer in self.net.layers:
-            if self.weights.get(layer.name) or any(b in blobs for b in layer.bottoms):
-                layers.add(layer.name)
-                blobs.update(layer.tops)
-        return layers, blobs
 
     def _blob_needs_gradient(self, blob: str) -> bool:
         return self.force_backward or blob in self._learned_blobs

@@ -39,10 +39,11 @@ import numpy as np
 from netc.compile import build_ir, check_ir
 from netc.errors import NetcError
 from netc.ir import Net
+from netc.passes.memory import loss_weights
 from netc.passes.prune import prune_to_available
 from netc.runtime import infer
 from netc.runtime.backend import NUMPY, Backend, get_backend
-from netc.runtime.executor import Executor, loss_weights
+from netc.runtime.executor import Executor
 
 # Defaults for float32 against float64, as max error over max magnitude.
 # float32 rounds each operation to a relative 2^-24 ≈ 6e-8; a sum of K products errs
