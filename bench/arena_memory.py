@@ -30,14 +30,12 @@ def main() -> None:
     import numpy as np
 
     from netc.compile import build_ir
-    from netc.passes.shapes import infer_shapes
+    from netc.passes.shapes import batch_overrides, infer_shapes
     from netc.runtime.executor import Executor
     from netc.runtime.weights import init_weights
 
     ir = build_ir(str(ROOT / "nets" / f"{args.net}.net"), args.phase)
-    net = infer_shapes(ir)
-    sources = {t: net.blob_shapes[t] for l in net.layers if not l.bottoms for t in l.tops}
-    net = infer_shapes(ir, {t: (args.batch,) + tuple(s[1:]) for t, s in sources.items()})
+    net = infer_shapes(ir, batch_overrides(infer_shapes(ir), args.batch))
     weights = init_weights(net, 0, np.float32)
     rng = np.random.default_rng(0)
     executors = {memory: Executor(net, weights, memory=memory) for memory in ("separate", "arena")}

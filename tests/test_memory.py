@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from netc.compile import build_ir, compile_net
 from netc.errors import NetcError
 from netc.passes.memory import gradient, largest_batch, parse_size, plan_memory
-from netc.passes.shapes import infer_shapes
+from netc.passes.shapes import batch_overrides, infer_shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -204,8 +204,7 @@ def _at_batch(path, phase, batch):
     net = infer_shapes(ir)
     if batch is None:
         return net
-    sources = {t: net.blob_shapes[t] for l in net.layers if not l.bottoms for t in l.tops}
-    return infer_shapes(ir, {t: (batch,) + tuple(s[1:]) for t, s in sources.items()})
+    return infer_shapes(ir, batch_overrides(net, batch))
 
 
 @pytest.mark.parametrize("name", ["lenet", "alexnet", "googlenet"])

@@ -473,19 +473,15 @@ def largest_batch(ir: Net, budget: int, overrides: Mapping[str, Shape] | None = 
     """The largest batch whose plan (arena and parameters) fits in `budget` bytes, and
     that plan. ir: the net before shape inference; the batch is the first axis of every
     blob fed from outside (Input and data-source tops)."""
-    from netc.passes.shapes import infer_shapes
+    from netc.passes.shapes import batch_overrides, infer_shapes
 
     overrides = dict(overrides or {})
     base = infer_shapes(ir, overrides)
-    sources = {top: shape for layer in base.layers if not layer.bottoms
-               for top in layer.tops if (shape := base.blob_shapes.get(top))}
-    if not sources:
+    if not batch_overrides(base, 1):
         raise NetcError("the net has no inputs whose batch could change", None)
 
     def plan_at(batch: int) -> MemoryPlan:
-        shapes = dict(overrides)
-        shapes.update({top: (batch,) + tuple(shape[1:]) for top, shape in sources.items()})
-        return plan_memory(infer_shapes(ir, shapes), phase, dtype_bytes)
+        return plan_memory(infer_shapes(ir, {**overrides, **batch_overrides(base, batch)}), phase, dtype_bytes)
 
     low_plan = plan_at(1)
     if low_plan.total_bytes > budget:

@@ -104,6 +104,13 @@ def infer_shapes(net: Net, overrides: Mapping[str, Shape] | None = None) -> Net:
     return net
 
 
+def batch_overrides(net: Net, batch: int) -> dict[str, Shape]:
+    """Shapes for infer_shapes that give every blob a checked net is fed from outside
+    (Input and data-source tops) the first axis `batch`."""
+    return {top: (batch,) + tuple(shape[1:]) for layer in net.layers if not layer.bottoms
+            for top in layer.tops if (shape := net.blob_shapes.get(top))}
+
+
 def check_contracts(net: Net) -> None:
     """Each module instance's output against the shape its module promised (batch excluded)."""
     for contract in net.contracts:

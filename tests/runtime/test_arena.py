@@ -12,7 +12,7 @@ import pytest
 from netc.compile import build_ir
 from netc.errors import NetcError
 from netc.passes.memory import plan_memory
-from netc.passes.shapes import infer_shapes
+from netc.passes.shapes import batch_overrides, infer_shapes
 from netc.runtime import executor as executor_module
 from netc.runtime.executor import Executor
 from netc.runtime.weights import init_weights
@@ -26,9 +26,7 @@ def at_batch(path: str, phase: str, batch: int, shapes: dict | None = None):
     cannot tell (C, H, W, without the batch)."""
     ir = build_ir(path, phase)
     given = {t: (batch,) + tuple(s) for t, s in (shapes or {}).items()}
-    net = infer_shapes(ir, given)
-    sources = {t: net.blob_shapes[t] for l in net.layers if not l.bottoms for t in l.tops}
-    return infer_shapes(ir, {t: (batch,) + tuple(s[1:]) for t, s in sources.items()})
+    return infer_shapes(ir, batch_overrides(infer_shapes(ir, given), batch))
 
 
 def feeds_for(ex: Executor, rng) -> dict:
