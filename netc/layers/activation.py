@@ -6,12 +6,7 @@ Dropout (inverted, as Caffe): train y = x·mask/(1 − ratio), test y = x.
 from __future__ import annotations
 
 from netc.layers.base import LayerType, Param, ParamError, count, register
-from netc.layers.memory_order import batch_last
-
-
-def _ordered_batch_last(a) -> bool:
-    """Whether `a` is a blob ordered batch-last: its result's place is asked in its order."""
-    return batch_last(a) is not None
+from netc.layers.memory_order import is_batch_last
 
 
 class _Elementwise(LayerType):
@@ -53,7 +48,7 @@ class ReLU(_Elementwise):
         x = bottoms[0]
         slope = p["negative_slope"]
         if slope == 0:
-            return [ctx.xp.maximum(x, 0, out=ctx.output(0, _ordered_batch_last(x)))]
+            return [ctx.xp.maximum(x, 0, out=ctx.output(0, is_batch_last(x)))]
         return [ctx.xp.where(x > 0, x, x * x.dtype.type(slope))]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
@@ -63,7 +58,7 @@ class ReLU(_Elementwise):
         # with slope ≥ 0 the output, as backward_keeps says: y > 0 exactly where x > 0
         z = tops[0] if slope >= 0 else bottoms[0]
         if slope == 0:
-            return [ctx.xp.multiply(dy, z > 0, out=ctx.input_diff(0, _ordered_batch_last(z)))], []
+            return [ctx.xp.multiply(dy, z > 0, out=ctx.input_diff(0, is_batch_last(z)))], []
         return [ctx.xp.where(z > 0, dy, dy * dy.dtype.type(slope))], []
 
 
@@ -135,7 +130,7 @@ class Dropout(_Elementwise):
         keep = xp.asarray(ctx.rng.random(x.shape) >= ratio)       # Bernoulli(1 − ratio)
         mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - ratio))
         state["mask"] = mask
-        return [xp.multiply(x, mask, out=ctx.output(0, _ordered_batch_last(x)))]
+        return [xp.multiply(x, mask, out=ctx.output(0, is_batch_last(x)))]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         if not need[0]:
@@ -143,4 +138,4 @@ class Dropout(_Elementwise):
         mask, dy = state.get("mask"), top_diffs[0]
         if mask is None:
             return [dy], []
-        return [ctx.xp.multiply(dy, mask, out=ctx.input_diff(0, _ordered_batch_last(dy)))], []
+        return [ctx.xp.multiply(dy, mask, out=ctx.input_diff(0, is_batch_last(dy)))], []

@@ -19,7 +19,7 @@ from netc.layers import winograd
 from netc.layers.base import (LEARNABLE_PARAMS, REQUIRED, LayerType, Param, ParamError, ShapeError,
                               register, spatial_pair)
 from netc.layers.im2col import col2im, conv_geometry, im2col, padded_batch_last, workspace
-from netc.layers.memory_order import as_blob, batch_last, to_batch_last
+from netc.layers.memory_order import as_blob, batch_last, is_batch_last, to_batch_last
 from netc.runtime.threads import split, split_gemms
 
 # How Convolution lays out its column matrix (netc.layers.im2col), unless Winograd's
@@ -54,7 +54,7 @@ def _layout(geo, n: int, co: int = 0, backward: bool = False, x=None, groups: in
     Winograd's algorithm (netc.layers.winograd) where it saves enough multiplications."""
     if winograd.plan(geo, groups, n) is not None:
         return "W"
-    ordered_batch_last = batch_last(x) is not None
+    ordered_batch_last = is_batch_last(x)
     if geo.one_by_one:
         return "T" if ordered_batch_last else "1"
     if n > 1 and (geo.ow < _BATCH_LAST_BELOW_OW or ordered_batch_last):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from netc.layers.base import LEARNABLE_PARAMS, REQUIRED, canonical_axis, count, LayerType, Param, register
-from netc.layers.memory_order import as_blob, batch_last
+from netc.layers.memory_order import as_blob, batch_last, is_batch_last
 
 
 @register
@@ -71,7 +71,7 @@ class InnerProduct(LayerType):
         if p["bias_term"]:
             grads.append(dy.sum(axis=0))
         dx = None
-        if need[0] and batch_last(x) is not None and axis == 1:
+        if need[0] and is_batch_last(x) and axis == 1:
             dxt = w @ dy.T if p["transpose"] else w.T @ dy.T
             dx = as_blob(dxt.reshape(x.shape[1:] + x.shape[:1]))
         elif need[0]:

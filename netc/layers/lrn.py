@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from netc.layers.base import LayerType, Param, ParamError, ShapeError, count, register
-from netc.layers.memory_order import batch_last
+from netc.layers.memory_order import is_batch_last
 
 
 def _window_sum(xp, a, axis: int, n: int):
@@ -109,7 +109,7 @@ class LRN(LayerType):
         scale += one(k)
         powered = _power(xp, scale, beta, sq)    # scale^β; y = x·scale^(−β)
         state["scale"], state["powered"] = scale, powered
-        return [xp.divide(x, powered, out=ctx.output(0, batch_last(x) is not None))]
+        return [xp.divide(x, powered, out=ctx.output(0, is_batch_last(x)))]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         if not need[0]:
@@ -131,6 +131,6 @@ class LRN(LayerType):
         acc = self._window(xp, ratio, p, n)
         acc *= x
         acc *= x.dtype.type(2 * alpha * beta / m)
-        dx = xp.divide(dy, powered, out=ctx.input_diff(0, batch_last(x) is not None))
+        dx = xp.divide(dy, powered, out=ctx.input_diff(0, is_batch_last(x)))
         dx -= acc
         return [dx], []

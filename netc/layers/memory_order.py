@@ -30,6 +30,11 @@ def batch_last(a):
     return t if t.flags.c_contiguous else None
 
 
+def is_batch_last(a) -> bool:
+    """Whether blob `a` is ordered batch-last (see batch_last)."""
+    return batch_last(a) is not None
+
+
 def as_blob(t):
     """A contiguous (C, H, W, N) array seen as the (N, C, H, W) blob it holds (a view)."""
     return t.transpose(3, 0, 1, 2)
@@ -51,6 +56,6 @@ def in_order_of(xp, a, like):
     """a (a blob of like's shape) in the memory order of `like`: a itself when it
     already is, else a copy. For a backward whose gradient came in another order than
     the input it reads alongside it."""
-    if batch_last(like) is not None:
-        return a if batch_last(a) is not None else as_blob(to_batch_last(xp, a))
+    if is_batch_last(like):
+        return a if is_batch_last(a) else as_blob(to_batch_last(xp, a))
     return a if a.flags.c_contiguous else xp.ascontiguousarray(a)

@@ -3,7 +3,7 @@ Concat, Slice, Split, Flatten, Reshape, Eltwise."""
 from __future__ import annotations
 
 from netc.layers.base import canonical_axis, count, LayerType, Param, ParamError, register, ShapeError
-from netc.layers.memory_order import as_blob, batch_last, to_batch_last
+from netc.layers.memory_order import as_blob, batch_last, is_batch_last, to_batch_last
 
 
 
@@ -44,7 +44,7 @@ class Concat(LayerType):
     def forward(self, p, bottoms, weights, ctx, state):
         xp = ctx.xp
         axis = canonical_axis(p["axis"], bottoms[0].shape)
-        if axis == 1 and any(batch_last(b) is not None for b in bottoms):
+        if axis == 1 and any(is_batch_last(b) for b in bottoms):
             # channels are the outer axis of batch-last memory: each input is one block
             # (netc.layers.memory_order); inputs in the other order are transposed once
             out = ctx.output(0, True)

@@ -25,7 +25,7 @@ from netc.passes.memory import MemoryPlan, backward_layers, gradient, loss_weigh
 from netc.ir import Net
 from netc.layers import REGISTRY
 from netc.layers.im2col import workspace_region
-from netc.layers.memory_order import as_blob, batch_last
+from netc.layers.memory_order import as_blob, is_batch_last
 from netc.runtime.backend import NUMPY, Backend, RunContext
 from netc.runtime.threads import keep_freed_memory
 from netc.runtime.weights import Weights
@@ -116,7 +116,7 @@ class Storage:
         view = self.views.get(value)
         if view is None or view.ndim != 4 or view.shape[0] == 1:
             return view
-        if ordered_batch_last or (like is not None and batch_last(like) is not None):
+        if ordered_batch_last or (like is not None and is_batch_last(like)):
             n, c, h, w = view.shape
             view = as_blob(view.reshape(c, h, w, n))
         return view
