@@ -106,10 +106,11 @@ class Trainer:
             test_weights = init_weights(self.test_net, seed, options.dtype) if missing else {}
             test_weights.update({name: self.weights[name] for name in self.weights
                                  if any(l.name == name for l in self.test_net.layers)})
-            # top-5 beside each top-1 Accuracy (_test) reads the accuracy's inputs after the forward
-            scores = tuple(l.bottoms[0] for l in self._top1_accuracies())
+            # top-5 beside each top-1 Accuracy (_test) reads the accuracy's inputs, scores and
+            # labels, after the forward
+            read_after = tuple(b for l in self._top1_accuracies() for b in l.bottoms)
             self.test_exec = Executor(self.test_net, test_weights, backend=options.backend, dtype=options.dtype,
-                                      seed=seed + 1, keep=scores, max_memory=options.max_memory)
+                                      seed=seed + 1, keep=read_after, max_memory=options.max_memory)
             # share the very arrays the solver updates (asarray may have copied)
             self.test_exec.weights.update({n: self.weights[n] for n in test_weights if n in self.weights})
             self.test_sources = {l.name: open_source(l, "test", seed) for l in _source_layers(self.test_net)}
