@@ -153,7 +153,6 @@ class Executor:
         self.loss_weights = loss_weights(net)
         self._values_of_layers()
         self._force_backward = False
-        self.plan: MemoryPlan | None = None
         self.storage = self._make_storage()
         self.weights = {name: [backend.asarray(w, dtype) for w in blobs] for name, blobs in weights.items()}
         self.values: dict = {}
@@ -175,6 +174,11 @@ class Executor:
         # scratch the plan gave its layer, so live outside the arena (0 when the layer
         # types' kept_bytes are right; the tests hold every net to it)
         self.unplanned_bytes = 0
+
+    @property
+    def plan(self) -> MemoryPlan | None:
+        """The memory plan the executor runs in (None: every value its own array)."""
+        return self.storage.plan
 
     @property
     def force_backward(self) -> bool:
@@ -207,7 +211,6 @@ class Executor:
         plan = plan_memory(self.net, self.net.phase, np.dtype(self.dtype).itemsize,
                            keep=self.keep, backward=mode)
         self._check_fits(plan)
-        self.plan = plan
         return Storage(plan, self._shapes, self.backend, self.dtype)
 
     def _check_fits(self, plan: MemoryPlan) -> None:
