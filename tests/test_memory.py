@@ -125,25 +125,8 @@ loss: SoftmaxWithLoss(head, label)
     assert_sound(plan)
 
 
-def test_relu_as_the_last_reader_shares_its_input():
-    net = compiled("""input data [2, 4, 6, 6]
-input label [2]
-c: Convolution(data, 4, kernel=1, weight=xavier)
-other: Convolution(c, 4, kernel=1, weight=xavier)
-r: ReLU(c)
-s: Eltwise(r, other, SUM)
-head: InnerProduct(s, 3, weight=xavier)
-loss: SoftmaxWithLoss(head, label)
-""", "test")
-    plan = plan_memory(net)
-    assert plan.aliases["r"] == "c"
-    assert plan.values["r"] == plan.values["c"]
-
-
-def test_training_keeps_an_input_a_backward_reads():
-    # Convolution 'other' reads c in its backward (the weight gradient): in training
-    # the ReLU after it may not overwrite c; in inference it may
-    text = """input data [2, 4, 6, 6]
+# c is read by Convolution 'other', then by the ReLU, whose output may take its buffer
+RELU_READS_C_LAST = """input data [2, 4, 6, 6]
 input label [2]
 c: Convolution(data, 4, kernel=1, weight=xavier)
 other: Convolution(c, 4, kernel=1, weight=xavier)
@@ -152,7 +135,19 @@ s: Eltwise(r, other, SUM)
 head: InnerProduct(s, 3, weight=xavier)
 loss: SoftmaxWithLoss(head, label)
 """
-    train = plan_memory(compiled(text, "train"))
+
+
+def test_relu_as_the_last_reader_shares_its_input():
+    net = compiled(RELU_READS_C_LAST, "test")
+    plan = plan_memory(net)
+    assert plan.aliases["r"] == "c"
+    assert plan.values["r"] == plan.values["c"]
+
+
+def test_training_keeps_an_input_a_backward_reads():
+    # Convolution 'other' reads c in its backward (the weight gradient): in training
+    # the ReLU after it may not overwrite c; in inference it may
+    train = plan_memory(compiled(RELU_READS_C_LAST, "train"))
     assert train.values["r"] != train.values["c"]
     assert_sound(train)
     # the gradient of r's output takes over the gradient buffer of the ReLU's input
