@@ -32,6 +32,7 @@ def main() -> None:
     from netc.compile import build_ir
     from netc.passes.shapes import batch_overrides, infer_shapes
     from netc.runtime.executor import Executor
+    from netc.runtime.verify import random_input
     from netc.runtime.weights import init_weights
 
     ir = build_ir(str(ROOT / "nets" / f"{args.net}.net"), args.phase)
@@ -39,9 +40,7 @@ def main() -> None:
     weights = init_weights(net, 0, np.float32)
     rng = np.random.default_rng(0)
     executors = {memory: Executor(net, weights, memory=memory) for memory in ("separate", "arena")}
-    feeds = {t: (rng.integers(0, 10, net.blob_shapes[t]) if len(net.blob_shapes[t]) == 1
-                 else rng.normal(size=net.blob_shapes[t])).astype(np.float32)
-             for t in executors["arena"].feeds_needed()}
+    feeds = {t: random_input(net, t, rng) for t in executors["arena"].feeds_needed()}
 
     def step(ex):
         ex.forward(feeds)

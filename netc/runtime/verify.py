@@ -258,7 +258,7 @@ def _net_and_batch(path: str, phase: str, inputs, batch: int | None, seed: int):
             except NetcError as err:
                 why = err.message
         for top in layer.tops:
-            feeds[top] = _random_input(net, top, rng)
+            feeds[top] = random_input(net, top, rng)
         origins.append(f"{', '.join(layer.tops)}: random ({why})")
     return net, feeds, origins
 
@@ -302,7 +302,7 @@ def _read_source(net: Net, layer, phase: str, seed: int) -> dict[str, np.ndarray
     return {top: np.concatenate([p[top] for p in parts])[:want] for top in layer.tops}
 
 
-def _random_input(net: Net, top: str, rng: np.random.Generator) -> np.ndarray:
+def random_input(net: Net, top: str, rng: np.random.Generator) -> np.ndarray:
     """Uniform in [−1, 1]; a label read by a classifier's loss or accuracy: class indices."""
     shape = net.blob_shapes[top]
     for layer in net.layers:

@@ -15,6 +15,7 @@ from netc.passes.memory import plan_memory
 from netc.passes.shapes import batch_overrides, infer_shapes
 from netc.runtime import executor as executor_module
 from netc.runtime.executor import Executor
+from netc.runtime.verify import random_input
 from netc.runtime.weights import init_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,15 +31,8 @@ def at_batch(path: str, phase: str, batch: int, shapes: dict | None = None):
 
 
 def feeds_for(ex: Executor, rng) -> dict:
-    """Random inputs; labels (a 1-element-per-image blob) as class indices."""
-    feeds = {}
-    for top in ex.feeds_needed():
-        shape = ex.net.blob_shapes[top]
-        if len(shape) >= 1 and int(np.prod(shape[1:])) == 1:
-            feeds[top] = rng.integers(0, 10, size=shape).astype(np.float32)
-        else:
-            feeds[top] = rng.normal(0, 50, size=shape).astype(np.float32)
-    return feeds
+    """Random inputs; labels as class indices (what verify feeds)."""
+    return {top: random_input(ex.net, top, rng) for top in ex.feeds_needed()}
 
 
 def run(net, weights, feeds, memory: str, backward: bool):
