@@ -30,9 +30,9 @@ def memory_lines(plan) -> list[str]:
     """The memory plan's three figures, and the parameters beside them."""
     own = "blobs" + (" and gradients" if plan.phase == "train" else "")
     return [
-        f"memory ({plan.phase}): planned {_human_bytes(plan.planned_bytes)} in one arena, "
-        f"lower bound {_human_bytes(plan.lower_bound_bytes)}, naive {_human_bytes(plan.naive_bytes)} ({own} apart)",
-        f"  + {_human_bytes(plan.params_bytes)} of weights"
+        f"memory ({plan.phase}): planned {human_bytes(plan.planned_bytes)} in one arena, "
+        f"lower bound {human_bytes(plan.lower_bound_bytes)}, naive {human_bytes(plan.naive_bytes)} ({own} apart)",
+        f"  + {human_bytes(plan.params_bytes)} of weights"
         + (", their gradients and the solver's history" if plan.phase == "train" else ""),
     ]
 
@@ -67,7 +67,7 @@ def _human(n: int, unit: str = "") -> str:
     return f"{n}{unit}"
 
 
-def _human_bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
     for div, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if n >= div:
             return f"{n / div:.1f} {suffix}"
@@ -113,7 +113,7 @@ def table(net: Net, plan=None, offsets: bool = False) -> str:
             outputs += " (in place)"
         rows.append((name, layer.type, outputs, f"{info.num_params:,}" if info.num_params else "-",
                      _human(info.macs) if info.macs else "-",
-                     _human_bytes(activation_bytes(net, layer)) if activation_bytes(net, layer) else "-")
+                     human_bytes(activation_bytes(net, layer)) if activation_bytes(net, layer) else "-")
                     + ((_offsets(plan, layer),) if offsets else ()))
     widths = [max(len(head[i]), *(len(r[i]) for r in rows if isinstance(r, tuple))) for i in range(len(head))]
     lines = []
@@ -129,8 +129,8 @@ def table(net: Net, plan=None, offsets: bool = False) -> str:
     macs = sum(i.macs for i in net.layer_info.values())
     acts = sum(activation_bytes(net, l) for l in net.layers)
     lines.append(f"{net.name} ({net.phase}): {len(net.layers)} layers, {params:,} parameters "
-                 f"({_human_bytes(params * BYTES_PER_VALUE)}), {_human(macs)} MACs, "
-                 f"{_human_bytes(acts)} of activations")
+                 f"({human_bytes(params * BYTES_PER_VALUE)}), {_human(macs)} MACs, "
+                 f"{human_bytes(acts)} of activations")
     return "\n".join(lines)
 
 
@@ -172,9 +172,9 @@ def summary(net: Net) -> str:
         f"{net.name} ({net.phase}), from {net.source}",
         "inputs:      " + (", ".join(f"{name} {_shape(shape)}" for name, shape in sources.items()) or "none"),
         f"layers:      {len(net.layers)}",
-        f"parameters:  {params:,} ({_human_bytes(params * BYTES_PER_VALUE)} as float32)",
+        f"parameters:  {params:,} ({human_bytes(params * BYTES_PER_VALUE)} as float32)",
         f"MACs:        {_human(macs)} ({macs:,}) for the batch{per_example}",
-        f"activations: {_human_bytes(acts)} ({acts:,} B) as float32 for the batch: every blob of one",
+        f"activations: {human_bytes(acts)} ({acts:,} B) as float32 for the batch: every blob of one",
         "             forward pass once (in-place tops add nothing); no gradients, no workspace",
     ]
     entries = [(l.name, l.type, net.layer_info[l.name]) for l in net.layers]
@@ -183,5 +183,5 @@ def summary(net: Net) -> str:
                        params, lambda v: f"{v:,}")
     lines += _top_rows("largest by MACs", [(n, t, i.macs) for n, t, i in entries], macs, _human)
     lines += _top_rows("largest by output memory", [(l.name, l.type, activation_bytes(net, l)) for l in net.layers],
-                       acts, _human_bytes)
+                       acts, human_bytes)
     return "\n".join(lines)

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from netc.errors import NetcError
-from netc.passes.memory import MemoryPlan, backward_layers, gradient, loss_weights, plan_memory, value_names
 from netc.ir import Net
 from netc.layers import REGISTRY
 from netc.layers.im2col import workspace_region
 from netc.layers.memory_order import as_blob, is_batch_last
+from netc.passes.memory import MemoryPlan, backward_layers, gradient, loss_weights, plan_memory, value_names
+from netc.report import human_bytes
 from netc.runtime.backend import NUMPY, Backend, RunContext
 from netc.runtime.threads import keep_freed_memory
 from netc.runtime.weights import Weights
@@ -223,10 +224,10 @@ class Executor:
         if limit is None or plan.total_bytes <= limit:
             return
         largest = sorted(plan.buffers, key=lambda b: -b.size)[:3]
-        named = ", ".join(f"{b.name} ({_size(b.size)})" for b in largest)
+        named = ", ".join(f"{b.name} ({human_bytes(b.size)})" for b in largest)
         raise NetcError(
-            f"the net needs {_size(plan.total_bytes)} ({_size(plan.planned_bytes)} of activations and "
-            f"scratch, {_size(plan.params_bytes)} of parameters), more than the {_size(limit)} of {where}",
+            f"the net needs {human_bytes(plan.total_bytes)} ({human_bytes(plan.planned_bytes)} of activations and "
+            f"scratch, {human_bytes(plan.params_bytes)} of parameters), more than the {human_bytes(limit)} of {where}",
             None, f"the largest buffers: {named}; use a smaller batch "
                   f"(netc check --budget {limit} tells the largest that fits)")
 
@@ -369,7 +370,7 @@ class Executor:
             bottom_values = self._bottom_values[layer.name]
             if plan is not None:        # a gradient's first contribution may go straight to its place
                 self.ctx.input_diffs = lambda i, order, bv=bottom_values: (
-                    None if bv[i] in diffs or bottom_values.count(bv[i]) > 1
+                    None if bv[i] in diffs or bv.count(bv[i]) > 1
                     else storage.view(gradient(bv[i]), ordered_batch_last=order))
             try:
                 bottom_diffs, weight_diffs = self._call(
@@ -413,8 +414,3 @@ class Executor:
     def _blob_needs_gradient(self, blob: str) -> bool:
         return self.force_backward or blob in self._learned_blobs
 
-
-def _size(n: int) -> str:
-    if n >= 2**20:
-        return f"{n / 2**20:,.1f} MiB"
-    return f"{n / 2**10:,.1f} KiB" if n >= 2**10 else f"{n} bytes"

@@ -111,7 +111,7 @@ def test_cli_writes_the_outputs_npz(tmp_path):
     (["--input", "data"], "--input 'data' is not NAME=FILE"),
     (["--input", "data=nope.npy"], "input file 'nope.npy' does not exist"),
     (["--input", "data=x.npy", "--device", "cuda"], "device 'cuda' is not available"),
-    (["--input", "data=x.npy", "--max-memory", "40"], "more than the 40 bytes of --max-memory"),
+    (["--input", "data=x.npy", "--max-memory", "40"], "more than the 40 B of --max-memory"),
     (["--input", "data=x.npy", "--max-memory", "lots"], "'lots' is not a size"),
 ])
 def test_cli_errors_exit_1_without_traceback(tmp_path, args, message):
