@@ -33,7 +33,7 @@ def memory_lines(plan) -> list[str]:
         f"memory ({plan.phase}): planned {human_bytes(plan.planned_bytes)} in one arena, "
         f"lower bound {human_bytes(plan.lower_bound_bytes)}, naive {human_bytes(plan.naive_bytes)} ({own} apart)",
         f"  + {human_bytes(plan.params_bytes)} of weights"
-        + (", their gradients and the solver's history" if plan.phase == "train" else ""),
+        + (", their gradients and the solver's history and scratch" if plan.phase == "train" else ""),
     ]
 
 

@@ -20,6 +20,8 @@ A batch of one is always taken as (N, C, H, W): its two orders are the same memo
 """
 from __future__ import annotations
 
+from netc.runtime.scratch import workspace
+
 
 def batch_last(a):
     """The contiguous (C, H, W, N) array a blob `a` (N, C, H, W) is a view of, when its
@@ -59,3 +61,74 @@ def in_order_of(xp, a, like):
     if is_batch_last(like):
         return a if is_batch_last(a) else as_blob(to_batch_last(xp, a))
     return a if a.flags.c_contiguous else xp.ascontiguousarray(a)
+
+
+# --- places in a memory order (the executor's places, scratch, new arrays) -----------
+
+def elementwise_order(*blobs) -> bool:
+    """Whether NumPy orders an elementwise result of these blobs (of one shape)
+    batch-last: only where every one is (netc.layers.memory_order); a broadcast operand,
+    a keepdims sum, does not count. The layers make each result in the order the NumPy
+    expression it replaces gave it: a sum over a blob adds in the order of its memory,
+    so the order reaches the numbers downstream."""
+    return all(is_batch_last(b) for b in blobs)
+
+
+def _in_order(make, shape, dtype, batch_last: bool):
+    """make(shape, dtype)'s array as a blob of `shape`, its memory batch-last if asked."""
+    if batch_last:
+        n, c, h, w = shape
+        return as_blob(make((c, h, w, n), dtype))
+    return make(tuple(shape), dtype)
+
+
+def workspace_maker(xp, slot: str):
+    """make(shape, dtype) → workspace() scratch of `slot`."""
+    return lambda shape, dtype: workspace(xp, shape, dtype, slot)
+
+
+def workspace_like(xp, like, slot: str, dtype=None, batch_last: bool | None = None):
+    """Scratch (netc.runtime.scratch.workspace) of blob `like`'s shape, in like's memory
+    order unless batch_last says."""
+    order = is_batch_last(like) if batch_last is None else batch_last
+    return _in_order(workspace_maker(xp, slot), like.shape, like.dtype if dtype is None else dtype, order)
+
+
+def kept_like(ctx, like, slot: str, dtype=None, batch_last: bool | None = None):
+    """Kept state (RunContext.kept) of blob `like`'s shape, ordered as workspace_like."""
+    order = is_batch_last(like) if batch_last is None else batch_last
+    return _in_order(lambda shape, dt: ctx.kept(shape, dt, slot), like.shape,
+                     like.dtype if dtype is None else dtype, order)
+
+
+def or_new(xp, place, like, batch_last: bool):
+    """`place` (ctx.output's, ctx.input_diff's), or where there is none a new array of
+    blob like's shape and dtype, its memory batch-last as asked."""
+    if place is not None:
+        return place
+    return _in_order(lambda shape, dtype: xp.empty(shape, dtype=dtype), like.shape, like.dtype, batch_last)
+
+
+def output_like(ctx, like, batch_last: bool | None = None, i: int = 0):
+    """The place of forward output i (of like's shape), in like's memory order unless
+    batch_last says, else a new array so ordered."""
+    order = is_batch_last(like) if batch_last is None else batch_last
+    return or_new(ctx.xp, ctx.output(i, order), like, order)
+
+
+def input_diff_like(ctx, like, batch_last: bool | None = None, i: int = 0):
+    """The place of the gradient of input i (of like's shape), ordered as output_like."""
+    order = is_batch_last(like) if batch_last is None else batch_last
+    return or_new(ctx.xp, ctx.input_diff(i, order), like, order)
+
+
+def in_place_diff(ctx, dy, batch_last: bool, new_batch_last: bool | None = None):
+    """The place of an elementwise layer's input gradient (of dy's shape), ordered
+    batch-last as asked, else a new array ordered new_batch_last (default: the same).
+    A place over dy's own memory (the layer in place) in the other order is taken in
+    dy's order instead: a pass then reads each element of dy before writing it, where
+    NumPy would first copy the whole of dy aside."""
+    place = ctx.input_diff(0, batch_last)
+    if place is not None and place.strides != dy.strides and ctx.xp.may_share_memory(place, dy):
+        place = ctx.input_diff(0, is_batch_last(dy))
+    return or_new(ctx.xp, place, dy, batch_last if new_batch_last is None else new_batch_last)

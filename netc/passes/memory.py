@@ -19,7 +19,7 @@ outputs take their input's buffer, and where every buffer sits in one arena.
 Figures: naive is Caffe's allocation (every blob one buffer, and in training one
 gradient each, plus every layer's own scratch); planned the arena; the lower bound
 the most bytes live at one step of this schedule, which no placement can beat.
-Weights, their gradients and the solver's history are apart (params_bytes).
+Weights, their gradients and the solver's history and scratch are apart (params_bytes).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import numpy
 from netc.errors import NetcError
 from netc.ir import Net, Shape, frozen
 from netc.layers import REGISTRY
+from netc.train.solver import scratch_bytes
 
 ALIGNMENT = 256
 # history blobs per weight blob, by solver type (netc.train.solver.RULES)
@@ -222,6 +223,7 @@ def plan_memory(net: Net, phase: str | None = None, dtype_bytes: int = 4,
                 if (layer.name, j) in losses}
     if backward == "all":       # any last value may be given a gradient (Executor.backward's seeds)
         has_diff.update(current.values())
+    has_diff_seeded = set(has_diff)
     bstep: dict[int, int] = {}
     for i in reversed(range(nf)):
         if i in learning and any(t in has_diff for t in tops_of[i]):
@@ -294,6 +296,8 @@ def plan_memory(net: Net, phase: str | None = None, dtype_bytes: int = 4,
             buffers.append(Buffer(f"{layer.name}:backward workspace", "workspace", bwd, bstep[i], bstep[i]))
         naive_scratch += max(fwd, bwd) + (kept if i in bstep else 0)
 
+    buffers += _partial_gradient_rooms(layers, bottoms_of, bstep, learned, vals, has_diff_seeded)
+
     lower = _lower_bound(buffers, len(steps))
     placed, arena = allocate(buffers, alignment, target=lower)
 
@@ -303,6 +307,32 @@ def plan_memory(net: Net, phase: str | None = None, dtype_bytes: int = 4,
     return MemoryPlan(phase, steps, tuple(placed), frozen(aliases), frozen(values),
                       frozen({l.name: tuple(t) for l, t in zip(layers, tops_of)}),
                       arena, naive, arena, lower, params_bytes(net, train, dtype_bytes), alignment)
+
+
+def partial_gradient(layer: str, j: int) -> str:
+    """The buffer a backward writes its gradient of input j into when that gradient
+    already holds another reader's part, to be added to it."""
+    return f"{layer}:partial gradient {j}"
+
+
+def _partial_gradient_rooms(layers, bottoms_of, bstep: dict[int, int], learned: set[str], vals,
+                            seeded: set[str]) -> list[Buffer]:
+    """Room, for one backward step, for each input gradient that is a second (or later)
+    part of a sum: a blob read by several layers (GoogLeNet's inception inputs, Caffe's
+    Split), one read twice by a layer, or one seeded (a loss, Executor.backward's seeds).
+    The first part is written in the gradient's own place."""
+    rooms = []
+    started = set(seeded)
+    for i in sorted(bstep, key=bstep.get):
+        ours = bottoms_of[i]
+        for j, (v, name) in enumerate(zip(ours, layers[i].bottoms)):
+            if name not in learned:
+                continue
+            if v in started or ours.count(v) > 1:
+                rooms.append(Buffer(partial_gradient(layers[i].name, j), "workspace", vals.size[v],
+                                    bstep[i], bstep[i]))
+        started.update(v for v, name in zip(ours, layers[i].bottoms) if name in learned)
+    return rooms
 
 
 def _lower_bound(buffers: list[Buffer], nsteps: int) -> int:
@@ -443,14 +473,14 @@ def _best_fit(buffers: list[Buffer], order, alignment: int) -> tuple[list[int], 
 
 
 def params_bytes(net: Net, train: bool, dtype_bytes: int = 4) -> int:
-    """The learnable blobs (shared ones once); in training with their gradients and the
-    solver's history."""
+    """The learnable blobs (shared ones once); in training with their gradients, the
+    solver's history and the scratch its update works in."""
     values = net.num_params
-    copies = 1
-    if train:
-        solver = net.solver.type if net.solver is not None else "SGD"
-        copies = 2 + _SOLVER_HISTORY.get(solver, 1)
-    return values * copies * dtype_bytes
+    if not train:
+        return values * dtype_bytes
+    solver = net.solver.type if net.solver is not None else "SGD"
+    copies = 2 + _SOLVER_HISTORY.get(solver, 1)
+    return values * copies * dtype_bytes + scratch_bytes(net, dtype_bytes)
 
 
 # --- sizes and budgets ------------------------------------------------------------------

@@ -11,10 +11,11 @@ may bind hand-written kernels (netc.runtime.cuda_kernels) when `ctx.xp` is cupy.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -152,6 +153,12 @@ def _cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+def kept_slot(key: str) -> str:
+    """The scratch slot of state kept under `key` (apart from workspace() slots: in
+    inference both share the forward's room)."""
+    return "kept:" + key
+
+
 @dataclass
 class RunContext:
     """What a layer's forward/backward may use besides its inputs: the array module,
@@ -166,6 +173,12 @@ class RunContext:
     # (out=) saves the executor a copy and the result's own allocation.
     outputs: Callable | None = None
     input_diffs: Callable | None = None
+    # Set by the executor around a forward: the room the memory plan gave the layer for
+    # the state it keeps for its backward (a netc.runtime.scratch.Region), or None.
+    kept_region: Any = None
+    # Set by the executor around a backward: the arrays the gradients of the layer's
+    # learnable blobs are to be written into (made once, beside the weights), or None.
+    weight_diffs: list | None = None
 
     @property
     def xp(self):
@@ -179,6 +192,22 @@ class RunContext:
     def input_diff(self, i: int = 0, batch_last: bool = False):
         """The place of the backward's gradient of input i (None: make one), as output()."""
         return None if self.input_diffs is None else self.input_diffs(i, batch_last)
+
+    def weight_diff(self, i: int):
+        """Where the backward writes the gradient of learnable blob i (out=), or None:
+        then it makes its own array."""
+        return None if self.weight_diffs is None else self.weight_diffs[i]
+
+    def kept(self, shape, dtype, slot: str):
+        """An uninitialised array for state the forward keeps for the backward (a mask,
+        a scale), in the room the plan gave the layer for it, else a new one. Put it in
+        `state` under `slot`."""
+        region = self.kept_region
+        memory = None if region is None else region.take(
+            np.dtype(dtype).itemsize * math.prod(shape), kept_slot(slot))
+        if memory is None:
+            return self.xp.empty(shape, dtype=dtype)
+        return memory.view(dtype).reshape(shape)
 
     @property
     def train(self) -> bool:

@@ -11,10 +11,16 @@ layer's output is written into its place there, so a buffer the plan gives sever
 values in turn holds each while it is alive. memory="separate" gives every value its
 own array instead (Caffe's allocation): the reference the arena is tested against.
 A value is named as the plan names it: the blob's name for its first write, and
-"blob@layer" for a later write by an in-place layer.
+"blob@layer" for a later write by an in-place layer. A layer call's scratch
+(netc.runtime.scratch) and the state its forward keeps for the backward are pieces of
+the room the plan gave that layer; a gradient's second and later parts (a blob read by
+several layers) are written into the plan's partial-gradient room and added to the
+first. Weight gradients go into arrays made at the first backward and reused (Caffe's
+diffs), so that after the first step a step allocates nothing of a blob's size.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -23,11 +29,12 @@ import numpy as np
 from netc.errors import NetcError
 from netc.ir import Net
 from netc.layers import REGISTRY
-from netc.layers.im2col import workspace_region
 from netc.layers.memory_order import as_blob, is_batch_last
-from netc.passes.memory import MemoryPlan, backward_layers, gradient, loss_weights, plan_memory, value_names
+from netc.passes.memory import (MemoryPlan, backward_layers, gradient, loss_weights, partial_gradient, plan_memory,
+                                value_names)
 from netc.report import human_bytes
-from netc.runtime.backend import NUMPY, Backend, RunContext
+from netc.runtime.backend import NUMPY, Backend, RunContext, kept_slot
+from netc.runtime.scratch import Region, address, using_region
 from netc.runtime.threads import keep_freed_memory
 from netc.runtime.weights import Weights
 
@@ -39,8 +46,9 @@ def _located(err: NetcError, layer) -> NetcError:
     return NetcError(f"{layer.type} '{layer.name}': {err.message}", layer.span, err.hint, layer.trace)
 
 
-def _sum_shared(grads: dict[str, list], weights: dict[str, list]) -> dict[str, list]:
-    """A blob shared by name gets the sum of its users' gradients, given to each of them."""
+def _sum_shared(xp, grads: dict[str, list], weights: dict[str, list]) -> dict[str, list]:
+    """A blob shared by name gets the sum of its users' gradients (in the first user's
+    array), given to each of them."""
     users: dict[int, list[tuple[str, int]]] = {}
     for name, diffs in grads.items():
         for i, d in enumerate(diffs):
@@ -51,7 +59,7 @@ def _sum_shared(grads: dict[str, list], weights: dict[str, list]) -> dict[str, l
             first, rest = places[0], places[1:]
             total = grads[first[0]][first[1]]
             for n, i in rest:
-                total = total + grads[n][i]
+                xp.add(total, grads[n][i], out=total)
             for n, i in places:
                 grads[n][i] = total
     return grads
@@ -65,11 +73,20 @@ class _Record:
     state: dict = field(default_factory=dict)
 
 
-def _address(array) -> int:
-    """Where an array's data begins (NumPy or CuPy)."""
-    data = getattr(array, "data", None)
-    ptr = getattr(data, "ptr", None)
-    return ptr if ptr is not None else array.__array_interface__["data"][0]
+def _dense(array) -> bool:
+    """Whether an array's elements fill its span of memory, in whatever axis order."""
+    if any(s <= 0 for s in array.strides) and array.size > 1:
+        return False
+    span = sum((d - 1) * s for d, s in zip(array.shape, array.strides)) + array.itemsize
+    return span == array.nbytes
+
+
+def _in_order(view, batch_last: bool):
+    """A place (N, C, H, W) laid out batch-last, if asked (netc.layers.memory_order)."""
+    if view is None or view.ndim != 4 or view.shape[0] == 1 or not batch_last:
+        return view
+    n, c, h, w = view.shape
+    return as_blob(view.reshape(c, h, w, n))
 
 
 class Storage:
@@ -114,13 +131,15 @@ class Storage:
     def view(self, value: str, like=None, ordered_batch_last: bool = False):
         """The value's place in the arena (None without one), in the memory order of
         `like`, or batch-last if asked (netc.layers.memory_order)."""
-        view = self.views.get(value)
-        if view is None or view.ndim != 4 or view.shape[0] == 1:
-            return view
-        if ordered_batch_last or (like is not None and is_batch_last(like)):
-            n, c, h, w = view.shape
-            view = as_blob(view.reshape(c, h, w, n))
-        return view
+        return _in_order(self.views.get(value), ordered_batch_last or (like is not None and is_batch_last(like)))
+
+    def scratch_view(self, buffer: str, shape: tuple, ordered_batch_last: bool = False):
+        """A plan's scratch buffer (a partial gradient's room) as an array of `shape`, or None."""
+        memory = self.region(buffer)
+        if memory is None:
+            return None
+        nbytes = int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
+        return _in_order(memory[:nbytes].view(self.dtype).reshape(shape), ordered_batch_last)
 
     def place(self, value: str, array):
         """The array holding `value` from now on: `array` written into the value's
@@ -129,7 +148,9 @@ class Storage:
         view = self.view(value, array)
         if view is None:
             return array
-        if _address(array) != _address(view) or array.strides != view.strides:
+        if address(array) == address(view) and _dense(array):
+            return array        # already there, in an order of its own (a view layer's output)
+        if array.strides != view.strides or address(array) != address(view):
             view[...] = array
         return view
 
@@ -158,6 +179,7 @@ class Executor:
         self.weights = {name: [backend.asarray(w, dtype) for w in blobs] for name, blobs in weights.items()}
         self.values: dict = {}
         self.blobs: dict = {}
+        self._weight_diffs: dict[str, list] = {}
         self.records: dict[str, _Record] = {}
         self.loss = 0.0
         self.diffs: dict = {}
@@ -171,10 +193,22 @@ class Executor:
         self.observer = None
         # tests: fill each buffer with NaN once the plan says its values are dead
         self.poison_dead = False
-        # bytes of forward state (masks, arg-maxes, scales) that did not fit the kept
-        # scratch the plan gave its layer, so live outside the arena (0 when the layer
-        # types' kept_bytes are right; the tests hold every net to it)
-        self.unplanned_bytes = 0
+        # bytes of scratch and of forward state (masks, arg-maxes, scales) that did not
+        # fit the room the plan gave their layer, so live outside the arena (0 when the
+        # layer types' workspace_bytes and kept_bytes are right; the tests hold every
+        # net to it); by "<layer> <what>" (forward, backward, kept)
+        self.unplanned: dict[str, int] = {}
+
+    @property
+    def unplanned_bytes(self) -> int:
+        """Bytes that lived outside the arena (see self.unplanned)."""
+        return sum(self.unplanned.values())
+
+    def _count_unplanned(self, where: str, region: Region | None) -> None:
+        """Add what did not fit `region` since it was last counted."""
+        if region is not None and region.overflow_bytes:
+            self.unplanned[where] = self.unplanned.get(where, 0) + region.overflow_bytes
+            region.overflow_bytes = 0
 
     @property
     def plan(self) -> MemoryPlan | None:
@@ -249,16 +283,21 @@ class Executor:
                 bottoms = [self.values[v] for v in self._bottom_values[layer.name]]
                 state = {"ntops": len(layer.tops)}
                 top_values = self._top_values[layer.name]
+                scratch = kept = None
                 if storage.plan is not None:
                     ctx.outputs = lambda i, order, tv=top_values: storage.view(tv[i], ordered_batch_last=order)
+                    scratch = Region(storage.region(f"{layer.name}:workspace"))
+                    # state no backward reads lives in the forward's workspace (the plan's rule)
+                    memory = storage.region(f"{layer.name}:kept")
+                    kept = ctx.kept_region = scratch if memory is None else Region(memory)
                 try:
-                    tops = self._call(layer, spec.forward, dict(layer.params), bottoms,
+                    tops = self._call(layer, spec.forward, scratch, dict(layer.params), bottoms,
                                       self.weights.get(layer.name, []), ctx, state)
                 finally:
-                    ctx.outputs = None
+                    ctx.outputs = ctx.kept_region = None
             tops = [storage.place(v, t) for v, t in zip(self._top_values[layer.name], tops)]
             if layer.bottoms or layer.type == "DummyData":
-                self.records[layer.name] = _Record(bottoms, tops, self._keep_state(layer.name, state))
+                self.records[layer.name] = _Record(bottoms, tops, self._keep_state(layer.name, state, kept))
             if self.observer is not None:
                 self.observer(layer, "forward", tops)
             for i, (value, array) in enumerate(zip(self._top_values[layer.name], tops)):
@@ -272,29 +311,26 @@ class Executor:
                       if self._held_after_forward(value)}
         return self.blobs
 
-    def _keep_state(self, layer: str, state: dict) -> dict:
-        """What a layer's forward left for its backward, moved into the kept scratch the
-        plan gave it (its own arrays are then freed); nothing where its backward does
-        not run. Without a plan, as it is."""
+    def _keep_state(self, layer: str, state: dict, region: Region | None) -> dict:
+        """What a layer's forward left for its backward, in the room the plan gave it
+        (`region`): an array the layer made elsewhere (not by ctx.kept) is moved there;
+        nothing where its backward does not run. Without a plan, as it is."""
         plan = self.storage.plan
         if plan is None:
             return state
         if ("backward", layer) not in plan.steps:
+            self._count_unplanned(f"{layer} kept", region)
             return {"ntops": state.get("ntops")}
-        region = self.storage.region(f"{layer}:kept")
-        used = 0
         for key, array in state.items():
-            if not hasattr(array, "dtype") or not hasattr(array, "strides") or array.ndim == 0:
+            if (not hasattr(array, "dtype") or not hasattr(array, "strides") or array.ndim == 0
+                    or region.holds(array)):
                 continue
-            nbytes = array.nbytes
-            start = -(-used // array.itemsize) * array.itemsize
-            if region is None or start + nbytes > region.size:
-                self.unplanned_bytes += nbytes
-                continue
-            kept = region[start:start + nbytes].view(array.dtype).reshape(array.shape)
-            kept[...] = array
-            state[key] = kept
-            used = start + nbytes
+            memory = region.take(array.nbytes, kept_slot(key))
+            if memory is not None:
+                kept = memory.view(array.dtype).reshape(array.shape)
+                kept[...] = array
+                state[key] = kept
+        self._count_unplanned(f"{layer} kept", region)
         return state
 
     def _held_after_forward(self, value: str) -> bool:
@@ -315,9 +351,10 @@ class Executor:
         return value
 
     def backward(self, seeds: dict | None = None) -> dict[str, list]:
-        """Gradients of the loss: returns ∂loss/∂w per layer (None for blobs without one).
-        `seeds` adds ∂objective/∂blob for blobs' final values (an objective beyond the
-        net's own losses). Blobs' gradients are left in self.diffs."""
+        """Gradients of the loss: returns ∂loss/∂w per layer (None for blobs without one),
+        in arrays that the next backward overwrites (Caffe's diffs: copy what must
+        outlive it). `seeds` adds ∂objective/∂blob for blobs' final values (an
+        objective beyond the net's own losses). Blobs' gradients are left in self.diffs."""
         xp, storage = self.backend.xp, self.storage
         if self.poison_dead:       # the forward's last values, but for those the backward reads
             storage.poison(len(self.net.layers) - 1)
@@ -367,17 +404,16 @@ class Executor:
             top_diffs = [d if d is not None else xp.zeros_like(v) for d, v in zip(top_diffs, record.tops)]
             spec = REGISTRY[layer.type]
             need = [self._blob_needs_gradient(b) for b in layer.bottoms]
-            bottom_values = self._bottom_values[layer.name]
-            if plan is not None:        # a gradient's first contribution may go straight to its place
-                self.ctx.input_diffs = lambda i, order, bv=bottom_values: (
-                    None if bv[i] in diffs or bv.count(bv[i]) > 1
-                    else storage.view(gradient(bv[i]), ordered_batch_last=order))
+            if plan is not None:
+                self.ctx.input_diffs = functools.partial(self._input_diff_place, layer.name, diffs)
+            self.ctx.weight_diffs = self._weight_diffs_of(layer.name)
             try:
+                scratch = None if plan is None else Region(storage.region(f"{layer.name}:backward workspace"))
                 bottom_diffs, weight_diffs = self._call(
-                    layer, spec.backward, dict(layer.params), record.bottoms, record.tops, top_diffs,
-                    self.weights.get(layer.name, []), self.ctx, record.state, need, scratch="backward workspace")
+                    layer, spec.backward, scratch, dict(layer.params), record.bottoms, record.tops, top_diffs,
+                    self.weights.get(layer.name, []), self.ctx, record.state, need)
             finally:
-                self.ctx.input_diffs = None
+                self.ctx.input_diffs = self.ctx.weight_diffs = None
             if self.observer is not None:
                 self.observer(layer, "backward", (bottom_diffs, weight_diffs))
             for value, diff in zip(self._bottom_values[layer.name], bottom_diffs):
@@ -390,24 +426,46 @@ class Executor:
         self.diffs = {}
         for value, diff in diffs.items():      # the first value of a blob wins its name
             self.diffs.setdefault(self._blob_of[value], diff)
-        return _sum_shared(grads, self.weights)
+        return _sum_shared(xp, grads, self.weights)
+
+    def _weight_diffs_of(self, layer: str) -> list | None:
+        """The arrays the layer's weight gradients are written into, made at its first
+        backward and reused by every later one (Caffe's diffs)."""
+        weights = self.weights.get(layer)
+        if not weights:
+            return None
+        diffs = self._weight_diffs.get(layer)
+        if diffs is None:
+            diffs = self._weight_diffs[layer] = [self.backend.xp.empty_like(w) for w in weights]
+        return diffs
+
+    def _input_diff_place(self, layer: str, diffs: dict, i: int, batch_last: bool):
+        """Where a backward writes its gradient of input i: the gradient's place for its
+        first part, the room the plan gave for a later part (added to the sum after)."""
+        values = self._bottom_values[layer]
+        value = values[i]
+        if value in diffs or values.count(value) > 1:
+            return self.storage.scratch_view(partial_gradient(layer, i), self._shapes[value], batch_last)
+        return self.storage.view(gradient(value), ordered_batch_last=batch_last)
 
     def _seed_in_place(self, value: str) -> bool:
         """Whether the plan has `value`'s gradient live from the first backward step."""
         plan = self.storage.plan
         name = None if plan is None else plan.values.get(gradient(value))
         return name is not None and plan.buffer(name).first <= len(self.net.layers)
-    def _call(self, layer, method, *args, scratch: str = "workspace"):
+
+    def _call(self, layer, method, region: Region | None, *args):
         """A layer's forward or backward, its workspace in the plan's scratch for it: a
         run-time NetcError it raises is located at the layer, and its time is added to
         the profile when profiling."""
         started = time.perf_counter() if self.profile is not None else 0.0
         try:
-            with workspace_region(self.storage.region(f"{layer.name}:{scratch}")):
+            with using_region(region):
                 return method(*args)
         except NetcError as err:
             raise _located(err, layer) from None
         finally:
+            self._count_unplanned(f"{layer.name} {method.__name__}", region)
             if self.profile is not None:
                 self.profile[layer.name] = self.profile.get(layer.name, 0.0) + time.perf_counter() - started
 

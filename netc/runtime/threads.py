@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 
+from netc.runtime.scratch import current_region, using_region
+
 # Below this many elements a split costs more than it saves. Alone, a 2-way split of a
 # float32 copy or add pays off from ~100k elements; between GEMMs (see above) LeNet's
 # 2M-element im2col and col2im still lose, AlexNet batch 16 (4-17M) breaks even or gains.
@@ -82,11 +84,13 @@ def split(xp, total: int, work: int, fn, min_work: int | None = None) -> None:
         return
     ranges = chunks(total, _workers)
     pool = _executor()
+    region = current_region()     # the layer call's scratch, for every slice's workspace()
 
     def slice_(a, b):
         _inside.active = True
         try:
-            fn(a, b)
+            with using_region(region):
+                fn(a, b)
         finally:
             _inside.active = False
 

@@ -118,6 +118,7 @@ class Trainer:
         self.losses: deque[float] = deque(maxlen=self.settings["average_loss"])
         self.last_snapshot: str | None = None
         self._stop_requested = False
+        self._sums: dict | None = None      # iter_size > 1: the gradients summed over the passes
         if options.resume:
             self._resume(options.resume)
 
@@ -203,7 +204,8 @@ class Trainer:
     def _forward_backward(self) -> float:
         """iter_size passes; their gradients summed into self._grads, their mean loss returned."""
         total, grads = 0.0, None
-        for _ in range(self.settings["iter_size"]):
+        passes = self.settings["iter_size"]
+        for k in range(passes):
             feeds = {}
             for source in self.train_sources.values():
                 feeds.update(source.next_batch())
@@ -213,15 +215,26 @@ class Trainer:
                 self._diverged(loss)
             total += loss
             step = self.train_exec.backward()
-            if grads is None:
+            if passes == 1:
                 grads = step
-            else:
-                for name, diffs in step.items():
-                    for i, d in enumerate(diffs):
-                        if d is not None:
-                            grads[name][i] = grads[name][i] + d
+                break
+            # the executor's gradient arrays are overwritten by its next backward: the
+            # sum lives in arrays of ours, made once
+            grads = self._summed_grads(step)
+            for name, diffs in step.items():
+                for d, summed in zip(diffs, grads[name]):
+                    if d is not None:
+                        if k == 0:
+                            summed[...] = d
+                        else:
+                            summed += d
         self._grads = grads or {}
         return total / self.settings["iter_size"]
+
+    def _summed_grads(self, like: dict) -> dict:
+        if self._sums is None:
+            self._sums = {name: [None if d is None else d.copy() for d in diffs] for name, diffs in like.items()}
+        return self._sums
 
     def _diverged(self, loss: float) -> None:
         where = (f"the last good snapshot is {self.last_snapshot}: resume from it with a lower base_lr"

@@ -108,6 +108,66 @@ def test_whole_nets_are_bit_identical_in_the_arena(path, phase, batch, shapes):
     assert arena.unplanned_bytes == 0
 
 
+# Blobs ordered batch-last (netc.layers.memory_order; small maps make Convolution's
+# output so) under Flatten and Reshape, whose outputs share their input's memory, and
+# gradients that arrive in their place but in another memory order: a copy into the
+# place would overwrite values still to be read. Inputs read by several layers and
+# twice by one add their gradients through the plan's partial-gradient rooms.
+CRAFTED = {
+    "flatten_of_batch_last": """
+input data [4, 8, 6, 6]
+input label [4]
+conv: Convolution(data, 8, kernel=3, weight=xavier) ReLU!
+flat: Flatten()
+fc: InnerProduct(10, weight=xavier)
+loss: SoftmaxWithLoss(fc, label)
+""",
+    "reshapes_of_batch_last": """
+input data [4, 8, 6, 6]
+input label [4]
+conv: Convolution(data, 8, kernel=3, weight=xavier) ReLU!
+kept: Reshape(shape=[0, 2, -1])
+back: Reshape(kept, shape=[0, 8, 4, 4])
+mixed: Reshape(back, shape=[-1, 16])
+fc: InnerProduct(mixed, 10, weight=xavier)
+fold: Reshape(fc, shape=[4, 80])
+out: InnerProduct(fold, 3, weight=xavier)
+loss: SoftmaxWithLoss(out, label)
+""",
+    "gradients_summed": """
+input data [4, 8, 6, 6]
+input label [4]
+conv: Convolution(data, 8, kernel=3, pad=1, weight=xavier) ReLU!
+a: Convolution(conv, 4, kernel=1, weight=xavier)
+b: Convolution(conv, 4, kernel=3, pad=1, weight=xavier)
+both: Eltwise(conv, conv, SUM)
+cat: Concat(a, b, both)
+fc: InnerProduct(10, weight=xavier)
+loss: SoftmaxWithLoss(fc, label)
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRAFTED))
+def test_crafted_nets_are_bit_identical_in_the_arena(name, tmp_path):
+    path = tmp_path / f"{name}.net"
+    path.write_text(CRAFTED[name])
+    net = infer_shapes(build_ir(str(path), "train"))
+    weights = init_weights(net, 0, np.float32)
+    feeds = feeds_for(Executor(net, weights, memory="separate"), np.random.default_rng(2))
+    arena, seen_a, _, loss_a, grads_a = run(net, weights, feeds, "arena", True)
+    _, seen_s, _, loss_s, grads_s = run(net, weights, feeds, "separate", True)
+    assert loss_a == loss_s
+    for (layer, kind, a), (_, _, s) in zip(seen_a, seen_s):
+        for x, y in zip(a, s):
+            if x is not None:
+                np.testing.assert_array_equal(x, y, err_msg=f"{kind} of {layer}")
+    for layer in grads_s:
+        for x, y in zip(grads_a[layer], grads_s[layer]):
+            np.testing.assert_array_equal(x, y, err_msg=f"weight gradient of {layer}")
+    assert arena.unplanned_bytes == 0
+
+
 def test_the_last_values_are_the_outputs_and_what_is_kept(tmp_path):
     path = tmp_path / "t.net"
     path.write_text("net T\ninput data [2, 3, 8, 8]\n"
