@@ -15,11 +15,15 @@ convolution of dy, and dW[g] = Σ_batch x[g] · col(dy)[g]ᵀ.
 """
 from __future__ import annotations
 
+import numpy
+
 from netc.layers import winograd
 from netc.layers.base import (LEARNABLE_PARAMS, REQUIRED, LayerType, Param, ParamError, ShapeError,
                               register, spatial_pair)
-from netc.layers.im2col import col2im, conv_geometry, im2col, padded_batch_last, workspace
+from netc.layers.im2col import col2im, conv_geometry, im2col, padded_batch_last
 from netc.layers.memory_order import as_blob, batch_last, is_batch_last, to_batch_last
+from netc.runtime import threads
+from netc.runtime.scratch import aligned, workspace
 from netc.runtime.threads import split, split_gemms
 
 # How Convolution lays out its column matrix (netc.layers.im2col), unless Winograd's
@@ -48,13 +52,16 @@ _PER_IMAGE_WEIGHT_GRADIENTS_MAX = 4 << 20
 _SMALL_WEIGHT_GRADIENT = 8192
 
 
-def _layout(geo, n: int, co: int = 0, backward: bool = False, x=None, groups: int = 1) -> str:
-    """The column layout for input x (N, C, H, W); "1": a 1×1 convolution of an input
-    ordered (N, C, H, W), which is its own column matrix per image; "W": no columns,
-    Winograd's algorithm (netc.layers.winograd) where it saves enough multiplications."""
+def _layout(geo, n: int, co: int = 0, backward: bool = False, x=None, groups: int = 1,
+            ordered_batch_last: bool | None = None) -> str:
+    """The column layout for input x (N, C, H, W) (or, without x, one ordered batch-last
+    or not as `ordered_batch_last` says); "1": a 1×1 convolution of an input ordered
+    (N, C, H, W), which is its own column matrix per image; "W": no columns, Winograd's
+    algorithm (netc.layers.winograd) where it saves enough multiplications."""
     if winograd.plan(geo, groups, n) is not None:
         return "W"
-    ordered_batch_last = is_batch_last(x)
+    if ordered_batch_last is None:
+        ordered_batch_last = is_batch_last(x)
     if geo.one_by_one:
         return "T" if ordered_batch_last else "1"
     if n > 1 and (geo.ow < _BATCH_LAST_BELOW_OW or ordered_batch_last):
@@ -67,22 +74,29 @@ def _layout(geo, n: int, co: int = 0, backward: bool = False, x=None, groups: in
 
 
 def _add_bias(xp, y, weights, p):
-    """y += b per output channel, in place on a fresh array."""
+    """y += b per output channel, in place."""
     if p["bias_term"] and len(weights) > 1:
         y += weights[1].reshape(1, -1, 1, 1)
     return y
 
 
-def _batch_major(a, groups: int):
-    """(N, G·M, H, W) → (G, M, N·H·W): the batch folded into the GEMM's long dimension."""
-    n, cm = a.shape[:2]
-    return a.reshape(n, groups, cm // groups, -1).transpose(1, 2, 0, 3).reshape(groups, cm // groups, -1)
+def _batch_major(xp, a, groups: int, slot: str):
+    """(N, G·M, H, W) → (G, M, N·H·W), a workspace: the batch folded into the GEMM's
+    long dimension."""
+    n, cm, h, w = a.shape
+    m = cm // groups
+    out = workspace(xp, (groups, m, n * h * w), a.dtype, slot)
+    out.reshape(groups, m, n, h, w)[...] = a.reshape(n, groups, m, h, w).transpose(1, 2, 0, 3, 4)
+    return out
 
 
-def _from_batch_major(xp, a, n: int, h: int, w: int):
-    """(G, M, N·H·W) → (N, G·M, H, W), contiguous."""
+def _from_batch_major(xp, a, n: int, h: int, w: int, out=None):
+    """(G, M, N·H·W) → (N, G·M, H, W), contiguous: `out`, else a new array."""
     g, m = a.shape[:2]
-    return xp.ascontiguousarray(a.reshape(g * m, n, h, w).transpose(1, 0, 2, 3))
+    if out is None:
+        out = xp.empty((n, g * m, h, w), dtype=a.dtype)
+    out[...] = a.reshape(g * m, n, h, w).transpose(1, 0, 2, 3)
+    return out
 
 
 def _to_nchw(xp, r, bias, n: int, oh: int, ow: int, out=None):
@@ -120,13 +134,27 @@ def _from_nchw(xp, dy, layout: str):
     return out.reshape(co, -1)
 
 
-def _gemm_target(out, rows: int):
-    """The (rows, OH·OW·N) matrix a batch-last output's memory is (see layout "T"),
-    or None without a place to write to."""
+def _batch_last_target(out):
+    """The contiguous (C, H, W, N) memory of a place asked for batch-last (a batch of
+    one: either order is), or None without a place to write to."""
     if out is None:
         return None
     t = batch_last(out)
-    return (out if t is None else t).reshape(rows, -1)     # a batch of one: either order
+    return out.reshape(out.shape[1:] + (1,)) if t is None else t
+
+
+def _as_placed(t, place):
+    """The blob a contiguous (C, H, W, N) result t is: `place` itself where t was
+    written into it (for a batch of one, as_blob's strides differ from the place's
+    and the executor would copy t onto itself), else t seen as (N, C, H, W)."""
+    return as_blob(t) if place is None or t.shape[3] > 1 else place
+
+
+def _gemm_target(out, rows: int):
+    """The (rows, OH·OW·N) matrix a batch-last output's memory is (see layout "T"),
+    or None without a place to write to."""
+    t = _batch_last_target(out)
+    return None if t is None else t.reshape(rows, -1)
 
 
 def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, place=lambda i, batch_last: None):
@@ -139,15 +167,18 @@ def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, place=lambda i, ba
     kg, pix = geo.rows // groups, geo.oh * geo.ow
     layout = _layout(geo, n, x=x, groups=groups)
     if layout == "W":
-        p = winograd.plan(geo, groups, n)
-        xb = padded_batch_last(xp, x, geo, extent=p.input_extent())
-        return as_blob(winograd.forward(xp, xb, wts, bias, p, groups))
+        target = place(0, True)
+        y = winograd.forward(xp, x, wts, bias, winograd.plan(geo, groups, n), geo, groups,
+                             out=_batch_last_target(target))
+        return _as_placed(y, target)
     if layout == "T" and _bias_in_gemm(geo, groups, bias):
         # the bias as one more column of the weights, against a row of ones in the
         # columns: the GEMM adds it (and the backward's GEMM sums its gradient), which
         # saves a pass over the output (and one over its gradient)
         cols = _columns(xp, x, geo, layout, ones_row=True)
-        wmat = xp.concatenate([wts.reshape(co, -1), bias.reshape(co, 1)], axis=1)
+        wmat = workspace(xp, (co, geo.rows + 1), wts.dtype, "weights_and_bias")
+        wmat[:, :geo.rows] = wts.reshape(co, -1)
+        wmat[:, geo.rows] = bias
         r = xp.matmul(wmat, cols.reshape(geo.rows + 1, -1), out=_gemm_target(place(0, True), co))
         return as_blob(r.reshape(co, geo.oh, geo.ow, n))
     if layout == "T":
@@ -163,16 +194,16 @@ def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, place=lambda i, ba
         cols = _columns(xp, x, geo, layout).reshape(groups, kg, n * pix)
         r = xp.matmul(wmat, cols, out=workspace(xp, (groups, co // groups, n * pix), x.dtype, "gemm"))
         return _to_nchw(xp, r.reshape(co, -1), bias, n, geo.oh, geo.ow, out=place(0, False))
+    y = place(0, False)
+    if y is None:
+        y = xp.empty((n, co, geo.oh, geo.ow), dtype=x.dtype)
     if layout == "1":
-        y = xp.matmul(wmat, x.reshape(n, groups, kg, pix)).reshape(n, co, geo.oh, geo.ow)
+        xp.matmul(wmat, x.reshape(n, groups, kg, pix), out=y.reshape(n, groups, co // groups, pix))
         if bias is not None:
             y += bias.reshape(1, co, 1, 1)
         return y
     # Layout "N": im2col, one GEMM per image and the bias, slice by slice of the batch,
     # the slices on several threads when the GEMMs are small (LeNet's conv1).
-    y = place(0, False)
-    if y is None:
-        y = xp.empty((n, co, geo.oh, geo.ow), dtype=x.dtype)
 
     def run(a, b):
         cols = im2col(xp, x[a:b], geo, "N")
@@ -185,18 +216,36 @@ def _conv_forward(xp, x, wts, bias, geo, groups: int, n: int, place=lambda i, ba
     return y
 
 
-def _weight_gradient(xp, dy_b, cols, pieces: int):
+def _weight_gradient(xp, dy_b, cols, pieces: int, out=None):
     """Σ over the batch dy_b·colsᵀ: dy_b (G, Co/g, L), cols (G, C/g·kh·kw, L) → (G, Co/g,
-    C/g·kh·kw). pieces > 1: as that many GEMMs over equal parts of L, then summed."""
+    C/g·kh·kw), written into `out` where given, else in a workspace (a view of it,
+    valid during this layer call). pieces > 1: as that many GEMMs over equal parts of
+    L, then summed."""
+    g, m, length = dy_b.shape
+    k = cols.shape[1]
     if pieces > 1:
-        g, m, length = dy_b.shape
         part = length // pieces
         dy_p = dy_b.reshape(g, m, pieces, part).transpose(0, 2, 1, 3)
-        cols_p = cols.reshape(g, cols.shape[1], pieces, part).transpose(0, 2, 3, 1)
-        return xp.matmul(dy_p, cols_p).sum(axis=1)
+        cols_p = cols.reshape(g, k, pieces, part).transpose(0, 2, 3, 1)
+        each = xp.matmul(dy_p, cols_p, out=workspace(xp, (g, pieces, m, k), dy_b.dtype, "weight_gradients"))
+        if out is None:
+            out = workspace(xp, (g, m, k), dy_b.dtype, "weight_gradient")
+        return each.sum(axis=1, out=out)
     # One GEMM, computed transposed (colsᵀ·dy_bᵀ)ᵀ: both operands then stream along
     # their contiguous rows, which OpenBLAS runs ~25% faster than dy_b·colsᵀ (LeNet's conv2).
-    return xp.matmul(cols, dy_b.transpose(0, 2, 1)).transpose(0, 2, 1)
+    t = xp.matmul(cols, dy_b.transpose(0, 2, 1), out=workspace(xp, (g, k, m), dy_b.dtype, "weight_gradient"))
+    if out is None:
+        return t.transpose(0, 2, 1)
+    out[...] = t.transpose(0, 2, 1)
+    return out
+
+
+def _weight_gradient_pieces(geo, layout: str, n: int, groups: int, cog: int) -> int:
+    """How many GEMMs _weight_gradient sums (see _SMALL_WEIGHT_GRADIENT): one per output
+    row in layout "T", per image in the others; 1 for a large weight."""
+    if cog * (geo.rows // groups) > _SMALL_WEIGHT_GRADIENT:
+        return 1
+    return geo.oh if layout == "T" else n
 
 
 def _bias_in_gemm(geo, groups: int, bias) -> bool:
@@ -221,45 +270,82 @@ def _columns(xp, x, geo, layout: str, ones_row: bool = False):
 
 
 def _columns_batch_major(xp, x, geo, groups: int, n: int):
-    """col(x) as (G, C/g·kh·kw, N·OH·OW)."""
+    """col(x) as (G, C/g·kh·kw, N·OH·OW), a workspace."""
     if geo.one_by_one:
-        return _batch_major(x, groups)
+        return _batch_major(xp, x, groups, "col")
     return im2col(xp, x, geo, "C").reshape(groups, geo.rows // groups, -1)
 
 
-def _scratch_values(geo, n: int, co: int, groups: int, bias: bool, backward: bool) -> int:
-    """Values of the scratch arrays one call makes besides its inputs and outputs, as
-    the code above allocates them (the NumPy runtime's workspace slots and temporaries).
+def _bytes(pieces: list[int], dtype_bytes: int) -> int:
+    """The room scratch pieces of these many values take, each aligned."""
+    return sum(aligned(v * dtype_bytes) for v in pieces)
+
+
+def _slices(total: int, work: int, min_work: int | None = None) -> list[tuple[int, int]]:
+    """The slices netc.runtime.threads.split cuts [0, total) into for this much work."""
+    if not threads.worth_splitting(numpy, total, work, min_work):
+        return [(0, total)]
+    return threads.chunks(total, threads.workers())
+
+
+def _gemm_slices(n: int, macs_each: int) -> list[tuple[int, int]]:
+    """The slices of the batch netc.runtime.threads.split_gemms runs on threads."""
+    if macs_each >= threads.OPENBLAS_ONE_THREAD_MNK:
+        return [(0, n)]
+    return _slices(n, n * macs_each, threads.MIN_SPLIT_MACS)
+
+
+def _scratch_values(geo, n: int, co: int, groups: int, bias: bool, backward: bool,
+                    ordered_batch_last: bool = False) -> list[int]:
+    """Values of each workspace piece one call takes (workspace() slots, per thread
+    where split), as the code above takes them, for an input ordered batch-last or not.
     The backward makes the columns again, as Caffe does: a training step never holds
     every layer's columns at once."""
-    layout = _layout(geo, n, co, backward=backward, groups=groups)
+    layout = _layout(geo, n, co, backward=backward, groups=groups, ordered_batch_last=ordered_batch_last)
+    if layout == "W":
+        return list(winograd.scratch_sizes(winograd.plan(geo, groups, n), geo, co, groups, n, backward).values())
+    cog, kg = co // groups, geo.rows // groups
     pixels = n * geo.oh * geo.ow
     hb, wb = max(geo.span_h(), geo.ph + geo.h), max(geo.span_w(), geo.pw + geo.w)
-    padded_input = geo.c * hb * wb * n
-    if layout == "W":
-        wp = winograd.plan(geo, groups, n)
-        eh, ew = wp.input_extent()
-        tiles = wp.tiles_h * wp.tiles_w * n
-        freq = wp.alpha_h * wp.alpha_w
-        d = freq * geo.c * tiles                      # input tiles; V and the transform's half the same
-        u = freq * co * (geo.c // groups)
-        m = freq * co * tiles
-        padded_output = co * wp.tiles_h * wp.mh * wp.tiles_w * wp.mw * n
-        xb = geo.c * max(hb, eh) * max(wb, ew) * n
+    # padded copies of the input, and col2im's padded sum (the same slot)
+    padding = (hb, wb) != (geo.h, geo.w)
+    padded_image = geo.c * hb * wb
+    if layout == "N":
+        # per slice of the batch: its columns and padded copy
+        per_image = [geo.rows * geo.oh * geo.ow] + [padded_image] * padding
+        slices = _gemm_slices(n, cog * kg * geo.oh * geo.ow)
         if not backward:
-            return xb + 3 * d + u + m + wp.mh * wp.mw * co * tiles + padded_output
-        # dy batch-last, its tiles, dM, then dV and dD (the input's size) and their sum
-        return (co * pixels + xb + 3 * d + u + padded_output + wp.mh * wp.mw * co * tiles + m
-                + 2 * d + geo.c * (wp.tiles_h + 1) * wp.mh * (wp.tiles_w + 1) * wp.mw * n)
-    if layout == "1":
-        return 0 if not backward else co * pixels + 2 * geo.c * geo.h * geo.w * n
-    cols = (geo.rows + (layout == "T" and bias and groups == 1)) * pixels
+            return [v * (b - a) for a, b in slices for v in per_image]
+        # the input gradient's columns and padded sum (the whole batch's, first, on this
+        # thread: the first slice reuses them), the other slices', one weight
+        # gradient per image
+        return [v * n for v in per_image] + [v * (b - a) for a, b in slices[1:] for v in per_image] + [n * co * kg]
+    in_gemm = layout == "T" and _bias_in_gemm(geo, groups, True if bias else None)
+    if layout == "T":
+        # the input batch-last with its padding (none for a 1×1, ordered so), the columns
+        copied = 0 if geo.one_by_one or (ordered_batch_last and not padding) else padded_image * n
+        columns = 0 if geo.one_by_one else (geo.rows + in_gemm) * pixels
+        pieces = [copied, columns]
+    elif layout == "C":
+        pieces = [padded_image * n * padding, geo.rows * pixels]
+    else:       # "1": nothing but the GEMM's input forward; backward x batch-major
+        pieces = [geo.c * pixels * backward]
     if not backward:
-        return padded_input + cols + (co * pixels if layout == "C" else 0)
-    # dy rearranged (not "N"), the columns again, their gradient, col2im's sum;
-    # "N" keeps one weight gradient per image before summing them
-    extra = n * co * geo.rows // groups if layout == "N" else co * pixels
-    return extra + 2 * padded_input + 2 * cols
+        pieces += [co * pixels] if layout == "C" else [co * (geo.rows + 1)] if in_gemm else []
+        return [v for v in pieces if v]
+    # dy rearranged (unless ordered so), the weight gradient's GEMM results; the
+    # input gradient's columns take the columns' room, col2im's sum the padded copy's
+    pieces.append(co * pixels)
+    kgb = kg + in_gemm
+    split_ones = _weight_gradient_pieces(geo, layout, n, groups, cog)
+    if split_ones > 1:
+        pieces += [groups * split_ones * cog * kgb] + [co * kgb] * in_gemm
+    else:
+        pieces.append(groups * kgb * cog)
+    if layout == "T" and not geo.one_by_one:
+        # col2im's rows, per slice of the channels
+        pieces += [(b - a) * hb * geo.ow * n for a, b in _slices(geo.c, geo.rows * pixels)]
+    return [v for v in pieces if v]
 
 
 _CONV_PARAMS = (
@@ -377,70 +463,92 @@ class Convolution(_ConvolutionBase):
         geo = self._geometry(p, x)
         kg, pix = geo.rows // groups, geo.oh * geo.ow
         layout = _layout(geo, n, co, backward=True, x=x, groups=groups)
+        dw = ctx.weight_diff(0)
+        if dw is None:
+            dw = xp.empty(wts.shape, dtype=dy.dtype)
+        db_place = ctx.weight_diff(1) if p["bias_term"] else None
+        dx_place = ctx.input_diff(0, layout in ("T", "W")) if need[0] else None
         if layout == "W":
-            wp = winograd.plan(geo, groups, n)
-            xb = padded_batch_last(xp, x, geo, extent=wp.input_extent())
-            dy_b = to_batch_last(xp, dy, out=workspace(xp, (co, geo.oh, geo.ow, n), dy.dtype, "dy"))
-            dx, dw, db = winograd.backward(xp, dy_b, wts, wp, groups, xb,
-                                           input_hw=(geo.h, geo.w) if need[0] else None, pad=(geo.ph, geo.pw))
-            return [None if dx is None else as_blob(dx)], [dw] + ([db] if p["bias_term"] else [])
+            dx, dw, db = winograd.backward(xp, x, dy, wts, winograd.plan(geo, groups, n), geo, groups,
+                                           need_dx=need[0], dx_out=_batch_last_target(dx_place), dw_out=dw,
+                                           db_out=db_place)
+            return [None if dx is None else _as_placed(dx, dx_place)], [dw] + ([db] if p["bias_term"] else [])
         if layout == "N":
             # Large maps and a small weight (LeNet's conv1): one GEMM per image, on dy
             # as it is and the forward's column layout, then a sum over the batch; with
             # a weight this small, 2.5x faster than one GEMM whose inner dimension is
             # the whole batch's pixels (OpenBLAS splits that one poorly).
+            dy_n = dy.reshape(n, groups, cog, pix)
+            dx = None
+            if need[0]:
+                # first: its columns and padded sum, the whole batch's, take the room
+                # that the slices' columns below then reuse
+                wmat = wts.reshape(groups, cog, kg)
+                dcol = workspace(xp, (n, groups, kg, pix), dy.dtype, "col")
+                dx = col2im(xp, xp.matmul(wmat.transpose(0, 2, 1), dy_n, out=dcol), geo, n, "N", out=dx_place)
             # Per slice of the batch (on several threads when the GEMMs are small), the
             # sum over the batch taken afterwards in one order whatever the threading.
-            dy_n = dy.reshape(n, groups, cog, pix)
-            dws = xp.empty((n, groups, cog, kg), dtype=dy.dtype)
+            dws = workspace(xp, (n, groups, cog, kg), dy.dtype, "weight_gradients")
 
             def run(a, b):
                 cols = im2col(xp, x[a:b], geo, "N")
                 xp.matmul(dy_n[a:b], cols.reshape(b - a, groups, kg, pix).transpose(0, 1, 3, 2), out=dws[a:b])
 
             split_gemms(xp, n, cog * kg * pix, run)
-            dw = dws.sum(axis=0).reshape(wts.shape)
-            grads = [dw] + ([dy_n.sum(axis=(0, 3)).reshape(co)] if p["bias_term"] else [])
-            dx = None
-            if need[0]:
-                wmat = wts.reshape(groups, cog, kg)
-                dcol = workspace(xp, (n, groups, kg, pix), dy.dtype, "dcol")
-                dx = col2im(xp, xp.matmul(wmat.transpose(0, 2, 1), dy_n, out=dcol), geo, n, "N")
-            return [dx], grads
+            dws.sum(axis=0, out=dw.reshape(groups, cog, kg))
+            if not p["bias_term"]:
+                return [dx], [dw]
+            db = dy_n.sum(axis=(0, 3), out=None if db_place is None else db_place.reshape(groups, cog))
+            return [dx], [dw, db.reshape(co) if db_place is None else db_place]
         if layout == "1":
-            dy_b = _batch_major(dy, groups)                    # (G, Co/g, N·OH·OW)
-            cols = _batch_major(x, groups)                     # (G, C/g, N·H·W)
+            dy_b = _batch_major(xp, dy, groups, "dy")           # (G, Co/g, N·OH·OW)
+            cols = _batch_major(xp, x, groups, "col")           # (G, C/g, N·H·W)
         else:
             dy_b = _from_nchw(xp, dy, layout).reshape(groups, cog, -1)
-        pieces = (geo.oh if layout == "T" else n) if cog * kg <= _SMALL_WEIGHT_GRADIENT else 1
+        pieces = _weight_gradient_pieces(geo, layout, n, groups, cog)
         bias = weights[1] if p["bias_term"] else None
         if layout == "T" and _bias_in_gemm(geo, groups, bias):
             # the forward's row of ones: the weight gradient's last column is the bias's
             cols = _columns(xp, x, geo, layout, ones_row=True)
             both = _weight_gradient(xp, dy_b, cols.reshape(1, kg + 1, -1), pieces)[0]
-            grads = [both[:, :kg].reshape(wts.shape), both[:, kg].copy()]
+            dw.reshape(co, kg)[...] = both[:, :kg]
+            if db_place is None:
+                db_place = both[:, kg].copy()
+            else:
+                db_place[...] = both[:, kg]
+            grads = [dw, db_place]
         else:
             if layout != "1":
                 cols = _columns(xp, x, geo, layout)
             cols = cols.reshape(groups, kg, -1)
-            dw = _weight_gradient(xp, dy_b, cols, pieces).reshape(wts.shape)
-            grads = [dw] + ([dy_b.reshape(co, -1).sum(axis=1)] if p["bias_term"] else [])
+            _weight_gradient(xp, dy_b, cols, pieces, out=dw.reshape(groups, cog, kg))
+            grads = [dw] + ([dy_b.reshape(co, -1).sum(axis=1, out=db_place)] if p["bias_term"] else [])
         dx = None
         if need[0]:
+            # the columns are dead: their gradient takes their room
             wmat = wts.reshape(groups, cog, -1)
             if layout == "1":
-                dx = _from_batch_major(xp, xp.matmul(wmat.transpose(0, 2, 1), dy_b), n, geo.h, geo.w)
+                dcol = workspace(xp, (groups, kg, dy_b.shape[2]), dy.dtype, "col")
+                dx = _from_batch_major(xp, xp.matmul(wmat.transpose(0, 2, 1), dy_b, out=dcol), n, geo.h, geo.w,
+                                       out=dx_place)
             elif geo.one_by_one:     # layout "T": the GEMM's result is dx, batch-last
-                dx = as_blob(xp.matmul(wmat.transpose(0, 2, 1), dy_b).reshape(geo.c, geo.h, geo.w, n))
+                target = _gemm_target(dx_place, geo.c)
+                r = xp.matmul(wmat.transpose(0, 2, 1), dy_b,
+                              out=None if target is None else target.reshape(groups, kg, -1))
+                dx = as_blob(r.reshape(geo.c, geo.h, geo.w, n))
             else:
-                dcol = workspace(xp, (groups, kg, dy_b.shape[2]), dy.dtype, "dcol")
-                dx = col2im(xp, xp.matmul(wmat.transpose(0, 2, 1), dy_b, out=dcol), geo, n, layout)
+                dcol = workspace(xp, (groups, kg, dy_b.shape[2]), dy.dtype, "col")
+                dx = col2im(xp, xp.matmul(wmat.transpose(0, 2, 1), dy_b, out=dcol), geo, n, layout, out=dx_place)
         return [dx], grads
 
     def workspace_bytes(self, p, bottoms, tops, dtype_bytes, backward=False):
+        # the input's memory order (which picks the layout) is known only when running:
+        # room for the more demanding of the two
         n, c, h, w = bottoms[0]
         geo = conv_geometry(p, c, h, w, tops[0][2], tops[0][3])
-        return _scratch_values(geo, n, p["num_output"], p["group"], p["bias_term"], backward) * dtype_bytes
+        return max(_bytes(_scratch_values(geo, n, p["num_output"], p["group"], p["bias_term"], backward, order),
+                          dtype_bytes)
+                   for order in ((False, True) if n > 1 else (False,)))
 
     def param_shapes(self, p, bottoms):
         kh, kw = p["kernel"]
@@ -483,11 +591,16 @@ class Deconvolution(_ConvolutionBase):
         groups = p["group"]
         geo = self._geometry(p, x)
         wmat = wts.reshape(groups, cin // groups, -1)            # (G, Cin/g, Co/g·kh·kw)
-        cols = xp.matmul(wmat.transpose(0, 2, 1), x.reshape(n, groups, cin // groups, h * w))
-        if geo.one_by_one:
-            y = cols.reshape(n, geo.c, geo.h, geo.w)
+        x_g = x.reshape(n, groups, cin // groups, h * w)
+        y = ctx.output(0)
+        if geo.one_by_one:       # the columns are the output
+            if y is None:
+                y = xp.empty((n, geo.c, geo.h, geo.w), dtype=x.dtype)
+            xp.matmul(wmat.transpose(0, 2, 1), x_g, out=y.reshape(n, groups, geo.c // groups, h * w))
         else:
-            y = col2im(xp, cols, geo, n, "N")
+            cols = xp.matmul(wmat.transpose(0, 2, 1), x_g,
+                             out=workspace(xp, (n, groups, geo.rows // groups, h * w), x.dtype, "col"))
+            y = col2im(xp, cols, geo, n, "N", out=y)
         return [_add_bias(xp, y, weights, p)]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
@@ -496,23 +609,34 @@ class Deconvolution(_ConvolutionBase):
         groups = p["group"]
         geo = self._geometry(p, x)
         cols = _columns_batch_major(xp, dy, geo, groups, n)     # (G, Co/g·kh·kw, N·H·W)
-        dw = xp.matmul(_batch_major(x, groups), cols.transpose(0, 2, 1)).reshape(wts.shape)
-        grads = [dw] + ([dy.sum(axis=(0, 2, 3))] if p["bias_term"] else [])
+        dw = ctx.weight_diff(0)
+        if dw is None:
+            dw = xp.empty(wts.shape, dtype=dy.dtype)
+        xp.matmul(_batch_major(xp, x, groups, "input"), cols.transpose(0, 2, 1),
+                  out=dw.reshape(groups, cin // groups, -1))
+        grads = [dw] + ([dy.sum(axis=(0, 2, 3), out=ctx.weight_diff(1))] if p["bias_term"] else [])
         dx = None
         if need[0]:
+            # x batch-major is dead: the GEMM's result takes its room
             wmat = wts.reshape(groups, cin // groups, -1)
-            dx = _from_batch_major(xp, xp.matmul(wmat, cols), n, h, w)
+            r = xp.matmul(wmat, cols, out=workspace(xp, (groups, cin // groups, n * h * w), dy.dtype, "input"))
+            dx = _from_batch_major(xp, r, n, h, w, out=ctx.input_diff(0))
         return [dx], grads
 
     def workspace_bytes(self, p, bottoms, tops, dtype_bytes, backward=False):
-        # the column matrix of the output's size (rows × N·H·W) and the padded output
-        # col2im sums into; backward: dy's columns, its padded copy and dx batch-major
+        # forward: the column matrix of the output's size (rows × N·H·W) unless 1×1 and
+        # the padded output col2im sums into; backward: dy's columns (and its padded
+        # copy), the input batch-major, then the input gradient's GEMM result in its room
         n, c, h, w = bottoms[0]
         geo = conv_geometry(p, tops[0][1], tops[0][2], tops[0][3], h, w)
         hb, wb = max(geo.span_h(), geo.ph + geo.h), max(geo.span_w(), geo.pw + geo.w)
-        cols = 0 if geo.one_by_one else geo.rows * n * h * w
-        values = cols + n * geo.c * hb * wb + (n * c * h * w if backward else 0)
-        return values * dtype_bytes
+        padded = n * geo.c * hb * wb if (hb, wb) != (geo.h, geo.w) else 0
+        cols = geo.rows * n * h * w
+        if not backward:
+            pieces = [0 if geo.one_by_one else cols, padded]
+        else:
+            pieces = [cols, padded, n * c * h * w]
+        return _bytes([v for v in pieces if v], dtype_bytes)
 
     def param_shapes(self, p, bottoms):
         kh, kw = p["kernel"]

@@ -23,64 +23,11 @@ offsets only.
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy
-
 from netc.layers.memory_order import as_blob, batch_last
+from netc.runtime.scratch import workspace
 from netc.runtime.threads import split
-
-# NumPy: the column matrix is written into one reused buffer per thread (Caffe keeps a
-# col_buffer too): a fresh one costs the kernel's page zeroing, as much as the copy
-# itself. Callers use the columns at once and never keep them (im2col(out=) writes into
-# an array of a caller that does). Above this size a
-# fresh array is made (and given back) instead. CuPy pools its memory itself.
-# Other scratch arrays of a convolution (the batch-last input copy, GEMM results about
-# to be rearranged) have slots of their own, so that they can be alive at once.
-_WORKSPACE_MAX_BYTES = 512 << 20
-_local = threading.local()
-
-
-@contextmanager
-def workspace_region(region):
-    """Within it, workspace() on this thread hands out consecutive pieces of `region`
-    (bytes: the scratch the memory plan gave the layer being run, in its arena) while
-    they fit, each valid until the block ends; then, or without a region, the slots."""
-    previous = getattr(_local, "region", None)
-    _local.region = None if region is None else [region, 0]
-    try:
-        yield
-    finally:
-        _local.region = previous
-
-
-def workspace(xp, shape, dtype, slot: str = "col"):
-    """An uninitialised scratch array, valid until the next call for the same slot
-    on this thread: never return it, or keep it past the layer call that asked."""
-    dtype = numpy.dtype(dtype)
-    nbytes = dtype.itemsize * int(numpy.prod(shape, dtype=numpy.int64))
-    region = getattr(_local, "region", None)
-    if region is not None:
-        memory, used = region
-        start = -(-used // 64) * 64
-        if start + nbytes <= memory.size:
-            region[1] = start + nbytes
-            return memory[start:start + nbytes].view(dtype).reshape(shape)
-    if xp is not numpy or nbytes > _WORKSPACE_MAX_BYTES:
-        return xp.empty(shape, dtype=dtype)
-    buffers = getattr(_local, "buffers", None)
-    if buffers is None:
-        buffers = _local.buffers = {}
-    buf = buffers.get(slot)
-    if buf is None or buf.nbytes < nbytes:
-        buf = buffers[slot] = numpy.empty(nbytes, dtype=numpy.uint8)
-    return buf[:nbytes].view(dtype).reshape(shape)
-
-
-_workspace = workspace
-
 
 @dataclass(frozen=True)
 class Geometry:
@@ -126,38 +73,57 @@ def as_strided(xp, a, shape, strides):
     return xp.lib.stride_tricks.as_strided(a, shape=tuple(shape), strides=tuple(strides))
 
 
+# The slot of a convolution's padded input copy (padded, padded_batch_last) and of
+# col2im's padded accumulator: both are the input's shape with its padding, and never
+# alive at once, so a backward that makes both takes that room once.
+PADDED_SLOT = "padded"
+
+
+def _zero_padding(t, g: Geometry, h: int, w: int, axis: int = 1):
+    """Zero the padding of t, whose rows and columns are axes `axis` and `axis` + 1, its
+    (h, w) interior starting at (ph, pw): the interior is overwritten afterwards (a
+    workspace holds old data)."""
+    lead = (slice(None),) * axis
+    hb, wb = t.shape[axis], t.shape[axis + 1]
+    if g.ph:
+        t[lead + (slice(0, g.ph),)] = 0
+    if hb > g.ph + h:
+        t[lead + (slice(g.ph + h, hb),)] = 0
+    if g.pw:
+        t[lead + (slice(None), slice(0, g.pw))] = 0
+    if wb > g.pw + w:
+        t[lead + (slice(None), slice(g.pw + w, wb))] = 0
+
+
 def padded(xp, x, g: Geometry):
-    """x with g.ph/g.pw zero rows/columns before it and enough after it for every window;
-    x itself (no copy) when the windows stay inside it."""
+    """x with g.ph/g.pw zero rows/columns before it and enough after it for every window
+    (a workspace); x itself (no copy) when the windows stay inside it."""
     n, c, h, w = x.shape
     hb, wb = g.span_h(), g.span_w()
     if g.ph == 0 and g.pw == 0 and hb <= h and wb <= w:
         return x
     hb, wb = max(hb, g.ph + h), max(wb, g.pw + w)
-    buf = xp.zeros((n, c, hb, wb), dtype=x.dtype)
+    buf = workspace(xp, (n, c, hb, wb), x.dtype, PADDED_SLOT)
+    _zero_padding(buf, g, h, w, axis=2)
     buf[:, :, g.ph:g.ph + h, g.pw:g.pw + w] = x
     return buf
 
 
-def padded_batch_last(xp, x, g: Geometry, slot: str = "xt", extent: tuple[int, int] = (0, 0)):
+def padded_batch_last(xp, x, g: Geometry, extent: tuple[int, int] = (0, 0), buffer=None):
     """x (N, C, H, W) as (C, Hb, Wb, N), zero-padded as `padded` does (and to at least
     `extent` rows and columns from −pad): x's own memory when it is ordered batch-last
-    and needs no padding, else a workspace."""
+    and needs no padding, else a workspace (or the start of `buffer`, a flat array of
+    the caller's scratch)."""
     n, c, h, w = x.shape
     hb, wb = max(g.span_h(), g.ph + h, extent[0]), max(g.span_w(), g.pw + w, extent[1])
     source = batch_last(x)
     if source is not None and (hb, wb) == (h, w):
         return source
-    xt = workspace(xp, (c, hb, wb, n), x.dtype, slot)
-    # zero only the padding: the rest is overwritten (the workspace holds old data)
-    if g.ph:
-        xt[:, :g.ph] = 0
-    if hb > g.ph + h:
-        xt[:, g.ph + h:] = 0
-    if g.pw:
-        xt[:, :, :g.pw] = 0
-    if wb > g.pw + w:
-        xt[:, :, g.pw + w:] = 0
+    if buffer is None:
+        xt = workspace(xp, (c, hb, wb, n), x.dtype, PADDED_SLOT)
+    else:
+        xt = buffer[:c * hb * wb * n].reshape(c, hb, wb, n)
+    _zero_padding(xt, g, h, w)
     if source is None:
         source = x.transpose(1, 2, 3, 0)
 
@@ -202,19 +168,21 @@ def im2col(xp, x, g: Geometry, layout: str = "N", out=None):
     return col
 
 
-def col2im(xp, col, g: Geometry, n: int, layout: str = "N"):
+def col2im(xp, col, g: Geometry, n: int, layout: str = "N", out=None):
     """The adjoint of im2col: each column entry added back to the input pixel it came
-    from (padding dropped). Returns a new (N, C, H, W) array in col's dtype, ordered
-    batch-last for layout "T" (netc.layers.memory_order). The adds
-    run in the same order for every pixel whatever the threading (split over channels)."""
+    from (padding dropped), into `out` (an (N, C, H, W) array ordered batch-last for
+    layout "T", netc.layers.memory_order, else contiguous), or a new array in col's
+    dtype. The padded sum, where there is padding, is a workspace. The adds run in the
+    same order for every pixel whatever the threading (split over channels)."""
     hb, wb = max(g.span_h(), g.ph + g.h), max(g.span_w(), g.pw + g.w)
     eh, ew = (g.oh - 1) * g.sh + 1, (g.ow - 1) * g.sw + 1
+    crop = (hb, wb) != (g.h, g.w)
     if layout == "T":
         col = col.reshape(g.c, g.kh, g.kw, g.oh, g.ow, n)
-        crop = (hb, wb) != (g.h, g.w)
-        acc_all = (workspace(xp, (g.c, hb, wb, n), col.dtype, "col2im") if crop
-                   else xp.empty((g.c, g.h, g.w, n), dtype=col.dtype))
-        out = xp.empty((g.c, g.h, g.w, n), dtype=col.dtype) if crop else acc_all
+        # out's (C, H, W, N) memory (a batch of one: either order is)
+        image = (xp.empty((g.c, g.h, g.w, n), dtype=col.dtype) if out is None
+                 else out.reshape(out.shape[1:] + (1,)) if n == 1 else batch_last(out))
+        acc_all = workspace(xp, (g.c, hb, wb, n), col.dtype, PADDED_SLOT) if crop else image
 
         # In two steps, so that most adds run over long contiguous rows: for each kernel
         # column j, the kh row offsets are summed into a buffer OW wide, whose rows are
@@ -233,17 +201,20 @@ def col2im(xp, col, g: Geometry, n: int, layout: str = "N"):
                 target = acc[:, :, j * g.dw:j * g.dw + ew:g.sw]
                 xp.add(target, rows, out=target)
             if crop:
-                out[a:b] = acc[:, g.ph:g.ph + g.h, g.pw:g.pw + g.w]
+                image[a:b] = acc[:, g.ph:g.ph + g.h, g.pw:g.pw + g.w]
 
         split(xp, g.c, col.size, run_t)
-        return as_blob(out)
+        return as_blob(image)
     if layout == "N":
         col = col.reshape(n, g.c, g.kh, g.kw, g.oh, g.ow)
     else:
         col = col.reshape(g.c, g.kh, g.kw, n, g.oh, g.ow)
-    buf = xp.zeros((n, g.c, hb, wb), dtype=col.dtype)
+    if out is None:
+        out = xp.empty((n, g.c, g.h, g.w), dtype=col.dtype)
+    buf = workspace(xp, (n, g.c, hb, wb), col.dtype, PADDED_SLOT) if crop else out
 
     def run(a, b):
+        buf[:, a:b] = 0
         for i in range(g.kh):
             for j in range(g.kw):
                 r0, c0 = i * g.dh, j * g.dw
@@ -251,6 +222,6 @@ def col2im(xp, col, g: Geometry, n: int, layout: str = "N"):
                 buf[:, a:b, r0:r0 + eh:g.sh, c0:c0 + ew:g.sw] += part
 
     split(xp, g.c, col.size, run)
-    if buf.shape[2:] == (g.h, g.w):
-        return buf
-    return xp.ascontiguousarray(buf[:, :, g.ph:g.ph + g.h, g.pw:g.pw + g.w])
+    if crop:
+        out[...] = buf[:, :, g.ph:g.ph + g.h, g.pw:g.pw + g.w]
+    return out

@@ -29,10 +29,12 @@ by up to ~4e-6 of the largest value, about 8x what the direct GEMM's sums do (te
 hold both below 1e-5 against float64).
 
 Everything here works on arrays ordered batch-last (netc.layers.memory_order): the
-input (C, Hb, Wb, N) zero-padded so that every tile's window lies inside it, the
-output and gradients (Co, OH, OW, N). Tiles are gathered as (α, α, C, tiles_h,
-tiles_w, N) so that each transform is a GEMM over the two leading axes, and the
-frequencies' products one batched GEMM.
+input copied to (C, Hb, Wb, N), zero-padded so that every tile's window lies inside
+it, the output and gradients (Co, OH, OW, N). Tiles are gathered as (α, α, C,
+tiles_h, tiles_w, N) so that each transform is a GEMM over the two leading axes, and
+the frequencies' products one batched GEMM. The intermediate arrays (tiles, their
+transforms, the products) live in a few workspace buffers, each step writing into
+a buffer other than the one it reads (scratch_sizes).
 """
 from __future__ import annotations
 
@@ -43,7 +45,9 @@ from functools import lru_cache
 
 import numpy
 
-from netc.layers.im2col import as_strided, workspace
+from netc.layers.im2col import as_strided, padded_batch_last
+from netc.layers.memory_order import to_batch_last
+from netc.runtime.scratch import workspace
 
 # Interpolation points in the order they are taken; ∞ is always the last point.
 _POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2), Fraction(-1, 2))
@@ -179,100 +183,188 @@ def _transforms(xp, p: Plan, dtype):
     return tuple(tuple(xp.asarray(a) for a in _matrices(m, r, name)) for m, r in ((p.mh, p.kh), (p.mw, p.kw)))
 
 
-def _sandwich(xp, left, right, a):
-    """Σ_ij left[p, i] · right[q, j] · a[i, j, ...]: a (I, J, ...) → (P, Q, ...), a new
-    array, as a GEMM over the first axis and a batched one over the second."""
+def _take(buffer, shape):
+    """The start of a flat scratch buffer as an array of `shape`."""
+    return buffer[:math.prod(shape)].reshape(shape)
+
+
+def _sandwich(xp, left, right, a, half, out):
+    """Σ_ij left[p, i] · right[q, j] · a[i, j, ...]: a (I, J, ...) → (P, Q, ...), as a
+    GEMM over the first axis (its result in the flat buffer `half`) and a batched one
+    over the second (in `out`). `a` may lie in `out`: it is read only by the first GEMM."""
     i, j = a.shape[:2]
     rest = a.shape[2:]
-    half = workspace(xp, (left.shape[0], j * a[0, 0].size), a.dtype, "winograd_half")
-    t = xp.matmul(left, a.reshape(i, -1), out=half).reshape(left.shape[0], j, -1)
-    return xp.matmul(right, t).reshape((left.shape[0], right.shape[0]) + rest)
+    t = xp.matmul(left, a.reshape(i, -1), out=_take(half, (left.shape[0], j * a[0, 0].size)))
+    t = t.reshape(left.shape[0], j, -1)
+    y = xp.matmul(right, t, out=_take(out, (left.shape[0], right.shape[0], t.shape[2])))
+    return y.reshape((left.shape[0], right.shape[0]) + rest)
 
 
-def _weights(xp, wts, p: Plan, groups: int, tr):
-    """U = G g Gᵀ for every kernel: (αh, αw, G, Co/g, C/g)."""
+def _weights(xp, wts, p: Plan, groups: int, tr, u, half):
+    """U = G g Gᵀ for every kernel: (αh, αw, G, Co/g, C/g), in the flat buffer u (the
+    transform's half in `half`)."""
     (_, g_h, _), (_, g_w, _) = tr
     co, cg = wts.shape[:2]
-    u = _sandwich(xp, g_h, g_w, xp.ascontiguousarray(wts.transpose(2, 3, 0, 1)))
-    return u.reshape(p.alpha_h, p.alpha_w, groups, co // groups, cg)
+    taps = _take(u, (p.kh, p.kw, co, cg))
+    taps[...] = wts.transpose(2, 3, 0, 1)
+    return _sandwich(xp, g_h, g_w, taps, half, u).reshape(p.alpha_h, p.alpha_w, groups, co // groups, cg)
 
 
-def _transformed_input(xp, xb, p: Plan, groups: int, tr):
-    """V = Bᵀ d B for every tile: (αh, αw, G, C/g, tiles·N)."""
-    c, n = xb.shape[0], xb.shape[3]
+def _transformed_input(xp, x, geo, p: Plan, groups: int, tr, first, second):
+    """V = Bᵀ d B for every tile of the blob x (N, C, H, W), padded as the convolution
+    `geo` pads it: (αh, αw, G, C/g, tiles·N), in the flat buffer `second`. The padded
+    input and the transform's half go into `first`, the tiles d into `second`."""
+    c, n = x.shape[1], x.shape[0]
     (_, _, bt_h), (_, _, bt_w) = tr
     ah, aw, th, tw = p.alpha_h, p.alpha_w, p.tiles_h, p.tiles_w
+    xb = padded_batch_last(xp, x, geo, extent=p.input_extent(), buffer=first)
     s_c, s_h, s_w, s_n = xb.strides
     windows = as_strided(xp, xb, (ah, aw, c, th, tw, n), (s_h, s_w, s_c, p.mh * s_h, p.mw * s_w, s_n))
-    d = workspace(xp, windows.shape, xb.dtype, "winograd_tiles")
+    d = _take(second, windows.shape)
     d[...] = windows
-    return _sandwich(xp, bt_h, bt_w, d).reshape(ah, aw, groups, c // groups, th * tw * n)
+    return _sandwich(xp, bt_h, bt_w, d, first, second).reshape(ah, aw, groups, c // groups, th * tw * n)
 
 
-def forward(xp, xb, wts, bias, p: Plan, groups: int):
-    """y (Co, OH, OW, N), contiguous, of the input xb (C, Hb, Wb, N) zero-padded as the
-    convolution pads it, up to at least p.input_extent()."""
-    n = xb.shape[3]
+def scratch_sizes(p: Plan, geo, co: int, groups: int, n: int, backward: bool) -> dict[str, int]:
+    """Values of each scratch buffer `forward` (or `backward`) takes, by workspace slot.
+    Their schedules reuse each buffer for arrays never alive at once: each step reads
+    one buffer and writes another (see forward and backward)."""
+    c = geo.c
+    ah, aw, mh, mw = p.alpha_h, p.alpha_w, p.mh, p.mw
+    columns = p.tiles_h * p.tiles_w * n
+    eh, ew = p.input_extent()
+    padded = c * max(geo.span_h(), geo.ph + geo.h, eh) * max(geo.span_w(), geo.pw + geo.w, ew) * n
+    tiles = ah * aw * c * columns                        # d, V, their transform's half; dV, dD
+    products = ah * aw * co * columns                    # M, dM
+    taps = p.kh * p.kw * co * (c // groups)
+    u = max(ah * aw * co * (c // groups), taps)          # U (after the taps), dU, dW
+    if not backward:
+        return {"winograd_a": max(padded, tiles, products, mh * mw * co * columns),
+                "winograd_b": max(tiles, mh * aw * co * columns),
+                "winograd_u": u, "winograd_u_half": ah * p.kw * co * (c // groups)}
+    bh, bw = -(-ah // mh), -(-aw // mw)
+    scattered = c * (p.tiles_h + bh - 1) * mh * (p.tiles_w + bw - 1) * mw * n
+    return {"winograd_a": max(mh * mw * co * columns, products, scattered),
+            "winograd_b": max(co * p.oh * p.ow * n, ah * mw * co * columns, tiles),
+            "winograd_c": max(padded, tiles),
+            "winograd_u": u,
+            "winograd_u_half": max(ah * p.kw, p.kh * aw) * co * (c // groups)}
+
+
+def _scratch(xp, p: Plan, geo, co: int, groups: int, n: int, dtype, backward: bool) -> dict:
+    """The flat workspace buffers of scratch_sizes, by slot."""
+    return {slot: workspace(xp, (values,), dtype, slot)
+            for slot, values in scratch_sizes(p, geo, co, groups, n, backward).items()}
+
+
+def _output_parts(p: Plan):
+    """Per axis, the output cut along the tiles: (first tile, tiles, outputs of each),
+    the full tiles, then the last one where it overhangs the output."""
+    parts = []
+    for m, out in ((p.mh, p.oh), (p.mw, p.ow)):
+        full, rest = divmod(out, m)
+        parts.append([(0, full, m)] * (full > 0) + [(full, 1, rest)] * (rest > 0))
+    return parts
+
+
+def _pieces(y, p: Plan):
+    """(tile selection, y's view of those tiles (Co, tiles_h, m, tiles_w, m, N)) for each
+    piece of the output y (Co, OH, OW, N) cut along the tiles (see _output_parts)."""
+    co, n = y.shape[0], y.shape[3]
+    rows, cols = _output_parts(p)
+    for t0, nt, r in rows:
+        for s0, ns, q in cols:
+            tiles = (slice(0, r), slice(0, q), slice(None), slice(t0, t0 + nt), slice(s0, s0 + ns))
+            view = y[:, t0 * p.mh:t0 * p.mh + nt * r, s0 * p.mw:s0 * p.mw + ns * q]
+            yield tiles, view.reshape(co, nt, r, ns, q, n)      # splitting axes: a view, never a copy
+
+
+def forward(xp, x, wts, bias, p: Plan, geo, groups: int, out=None):
+    """y (Co, OH, OW, N) of the blob x (N, C, H, W) (either memory order, padded as
+    the convolution `geo` pads it), written into `out` (contiguous) or a new array."""
+    n = x.shape[0]
     co = wts.shape[0]
-    tr = _transforms(xp, p, xb.dtype)
+    tr = _transforms(xp, p, x.dtype)
     (at_h, _, _), (at_w, _, _) = tr
     ah, aw, th, tw = p.alpha_h, p.alpha_w, p.tiles_h, p.tiles_w
-    v = _transformed_input(xp, xb, p, groups, tr)
-    u = _weights(xp, wts, p, groups, tr)
-    m = xp.matmul(u, v, out=workspace(xp, (ah, aw, groups, co // groups, v.shape[-1]), xb.dtype, "winograd_m"))
-    y_tiles = _sandwich(xp, at_h, at_w, m.reshape(ah, aw, -1)).reshape(p.mh, p.mw, co, th, tw, n)
-    exact = (th * p.mh, tw * p.mw) == (p.oh, p.ow)
-    shape = (co, th * p.mh, tw * p.mw, n)
-    y = xp.empty(shape, dtype=xb.dtype) if exact else workspace(xp, shape, xb.dtype, "winograd_y")
-    source = y_tiles.transpose(2, 3, 0, 4, 1, 5)
-    target = y.reshape(co, th, p.mh, tw, p.mw, n)
-    if bias is None:
-        target[...] = source
-    else:
-        xp.add(source, bias.reshape(co, 1, 1, 1, 1, 1), out=target)
-    return y if exact else xp.ascontiguousarray(y[:, :p.oh, :p.ow])
+    # buffer a: the padded input, V's half, M, the output's tiles; b: d, V, the tiles' half
+    s = _scratch(xp, p, geo, co, groups, n, x.dtype, backward=False)
+    a, b = s["winograd_a"], s["winograd_b"]
+    v = _transformed_input(xp, x, geo, p, groups, tr, a, b)
+    u = _weights(xp, wts, p, groups, tr, s["winograd_u"], s["winograd_u_half"])
+    m = xp.matmul(u, v, out=_take(a, (ah, aw, groups, co // groups, v.shape[-1])))
+    y_tiles = _sandwich(xp, at_h, at_w, m.reshape(ah, aw, -1), b, a).reshape(p.mh, p.mw, co, th, tw, n)
+    y = xp.empty((co, p.oh, p.ow, n), dtype=x.dtype) if out is None else out
+    # the tiles where the output has them (the last ones may overhang it), the bias on the way
+    for tiles, target in _pieces(y, p):
+        source = y_tiles[tiles].transpose(2, 3, 0, 4, 1, 5)
+        if bias is None:
+            target[...] = source
+        else:
+            xp.add(source, bias.reshape(co, 1, 1, 1, 1, 1), out=target)
+    return y
 
 
-def backward(xp, dy, wts, p: Plan, groups: int, xb, input_hw=None, pad=(0, 0)):
-    """Gradients of `forward` for dy (Co, OH, OW, N): (dx, dW, db), transforming the
-    padded input xb (as `forward` takes it) again. dx (C, H, W, N), contiguous,
-    is made when input_hw = (H, W) is given (the input's size, `pad` its padding);
-    db is Σ dy per output channel."""
-    co, n = wts.shape[0], dy.shape[3]
-    db = dy.reshape(co, -1).sum(axis=1)
+def backward(xp, x, dy, wts, p: Plan, geo, groups: int, need_dx: bool = True, dx_out=None, dw_out=None,
+             db_out=None):
+    """Gradients of `forward` for the blob dy (N, Co, OH, OW) (either memory order):
+    (dx, dW, db), transforming the input x again. dx (C, H, W, N), contiguous, is made
+    where need_dx; db is Σ dy per output channel. Each is written into its `_out` where
+    given (dx_out contiguous (C, H, W, N)), else a new array."""
+    co, n = wts.shape[0], x.shape[0]
     tr = _transforms(xp, p, dy.dtype)
     (at_h, g_h, bt_h), (at_w, g_w, bt_w) = tr
     ah, aw, th, tw = p.alpha_h, p.alpha_w, p.tiles_h, p.tiles_w
-    v, u = _transformed_input(xp, xb, p, groups, tr), _weights(xp, wts, p, groups, tr)
-    # dY: dy cut into tiles (zero beyond the output where the tiles overhang it)
-    if (th * p.mh, tw * p.mw) != (p.oh, p.ow):
-        padded = workspace(xp, (co, th * p.mh, tw * p.mw, n), dy.dtype, "winograd_y")
-        padded[...] = 0
-        padded[:, :p.oh, :p.ow] = dy
-        dy = padded
-    d_tiles = workspace(xp, (p.mh, p.mw, co, th, tw, n), dy.dtype, "winograd_dy")
-    d_tiles.transpose(2, 3, 0, 4, 1, 5)[...] = dy.reshape(co, th, p.mh, tw, p.mw, n)
-    dm = _sandwich(xp, at_h.T, at_w.T, d_tiles).reshape(ah, aw, groups, co // groups, -1)
-    du = xp.matmul(dm, v.swapaxes(-1, -2))                              # (αh, αw, G, Co/g, C/g)
-    cg = du.shape[-1]
-    dw = _sandwich(xp, g_h.T, g_w.T, du.reshape(ah, aw, -1)).reshape(p.kh, p.kw, co, cg)
-    dw = xp.ascontiguousarray(dw.transpose(2, 3, 0, 1))
-    if input_hw is None:
-        return None, dw, db
-    dv = xp.matmul(u.swapaxes(-1, -2), dm).reshape(ah, aw, -1)          # (αh, αw, C·tiles·N)
-    dd = _sandwich(xp, bt_h.T, bt_w.T, dv).reshape(ah, aw, groups * cg, th, tw, n)
-    return _scatter_tiles(xp, dd, p, input_hw, pad), dw, db
+    # buffer a: dY, dM, the scattered dD; b: dy batch-last, dM's half, d, V, dV, dD;
+    # c: the padded input, V's half, dD's half; u: dU, dW, then U
+    s = _scratch(xp, p, geo, co, groups, n, dy.dtype, backward=True)
+    a, b, c, u, u_half = (s[k] for k in ("winograd_a", "winograd_b", "winograd_c", "winograd_u",
+                                         "winograd_u_half"))
+    dy_t = to_batch_last(xp, dy, out=_take(b, (co, p.oh, p.ow, n)))
+    db = dy_t.reshape(co, -1).sum(axis=1, out=db_out)
+    # dY: dy cut into tiles, zero where the last ones overhang the output
+    d_tiles = _take(a, (p.mh, p.mw, co, th, tw, n))
+    if p.oh % p.mh:
+        d_tiles[p.oh % p.mh:, :, :, th - 1] = 0
+    if p.ow % p.mw:
+        d_tiles[:, p.ow % p.mw:, :, :, tw - 1] = 0
+    for tiles, source in _pieces(dy_t, p):
+        d_tiles[tiles].transpose(2, 3, 0, 4, 1, 5)[...] = source
+    dm = _sandwich(xp, at_h.T, at_w.T, d_tiles, b, a).reshape(ah, aw, groups, co // groups, -1)
+    v = _transformed_input(xp, x, geo, p, groups, tr, c, b)
+    cg = v.shape[3]
+    du = xp.matmul(dm, v.swapaxes(-1, -2), out=_take(u, (ah, aw, groups, co // groups, cg)))
+    dw = _sandwich(xp, g_h.T, g_w.T, du.reshape(ah, aw, -1), u_half, u).reshape(p.kh, p.kw, co, cg)
+    if dw_out is None:
+        dw_out = xp.empty((co, cg, p.kh, p.kw), dtype=dy.dtype)
+    dw_out[...] = dw.transpose(2, 3, 0, 1)
+    if not need_dx:
+        return None, dw_out, db
+    w_t = _weights(xp, wts, p, groups, tr, u, u_half)
+    dv = xp.matmul(w_t.swapaxes(-1, -2), dm, out=_take(b, (ah, aw, groups, cg, dm.shape[-1])))
+    dd = _sandwich(xp, bt_h.T, bt_w.T, dv.reshape(ah, aw, -1), c, b).reshape(ah, aw, groups * cg, th, tw, n)
+    return _scatter_tiles(xp, dd, p, (x.shape[2], x.shape[3]), (geo.ph, geo.pw), out=dx_out, scratch=a), dw_out, db
 
 
-def _scatter_tiles(xp, dd, p: Plan, input_hw, pad):
+def _scatter_tiles(xp, dd, p: Plan, input_hw, pad, out=None, scratch=None):
     """The adjoint of cutting the padded input into overlapping α×α tiles: each
-    tile's values added back where they came from; (C, H, W, N) without the padding.
+    tile's values added back where they came from; (C, H, W, N) without the padding,
+    in `out` or a new array. The padded sum is `out` itself where there is no padding,
+    else the start of the flat buffer `scratch` (or a workspace).
     Tile offset a = s·m + r (r < m), b = t·m + q: for one (s, t), the tiles' pieces do not
     overlap and fill an (m × m)-blocked view of the image, one add each."""
     ah, aw, c, th, tw, n = dd.shape
     bh, bw = -(-ah // p.mh), -(-aw // p.mw)
     rows, cols = (th + bh - 1) * p.mh, (tw + bw - 1) * p.mw
-    acc = xp.empty((c, rows, cols, n), dtype=dd.dtype)
+    (h, w), (ph, pw) = input_hw, pad
+    if out is None:
+        out = xp.empty((c, h, w, n), dtype=dd.dtype)
+    if (ph, pw, h, w) == (0, 0, rows, cols):
+        acc = out
+    elif scratch is None:
+        acc = workspace(xp, (c, rows, cols, n), dd.dtype, "winograd_a")
+    else:
+        acc = _take(scratch, (c, rows, cols, n))
     # the first block covers every tile's top-left m×m: copied, the rest zeroed, then added to
     acc[:, th * p.mh:] = 0
     acc[:, :th * p.mh, tw * p.mw:] = 0
@@ -287,7 +379,6 @@ def _scatter_tiles(xp, dd, p: Plan, input_hw, pad):
                 target[...] = piece
             else:
                 xp.add(target, piece, out=target)
-    (h, w), (ph, pw) = input_hw, pad
-    if (ph, pw, h, w) == (0, 0, rows, cols):
-        return acc
-    return xp.ascontiguousarray(acc[:, ph:ph + h, pw:pw + w])
+    if acc is not out:
+        out[...] = acc[:, ph:ph + h, pw:pw + w]
+    return out

@@ -168,6 +168,69 @@ def test_a_training_forward_keeps_nothing_but_its_input(monkeypatch, forced, dty
             np.testing.assert_array_equal(a, c)
 
 
+def _places(shape, dtype):
+    """Arena-like places for a blob, NaN-filled, in either memory order."""
+    def place(batch_last):
+        if batch_last and shape[0] > 1:
+            return np.full(shape[1:] + shape[:1], np.nan, dtype=dtype).transpose(3, 0, 1, 2)
+        return np.full(shape, np.nan, dtype=dtype)
+    return {order: place(order) for order in (False, True)}
+
+
+@pytest.mark.parametrize("forced", list(FORCED) + ["Winograd"])
+@pytest.mark.parametrize("ordered", ["NCHW", "batch-last"])
+def test_convolution_runs_in_its_declared_workspace_and_places(monkeypatch, forced, ordered):
+    """Forward and backward in every layout (and Deconvolution), for an input and a
+    gradient in either memory order, take no more scratch than workspace_bytes declares
+    and write the output, the input's and the weights' gradients into the places given
+    (RunContext.output, input_diff, weight_diff), bit for bit what they give without."""
+    from netc.runtime.scratch import Region, using_region
+    if forced == "Winograd":
+        monkeypatch.setattr(conv.winograd, "MIN_COLUMNS", 0)
+    else:
+        monkeypatch.setattr(conv.winograd, "MIN_COLUMNS", 1 << 62)
+        for name, value in zip(("_BATCH_LAST_BELOW_OW", "_BATCHED_GEMM_BELOW", "_PER_IMAGE_WEIGHT_GRADIENTS_MAX"),
+                               FORCED[forced]):
+            monkeypatch.setattr(conv, name, value)
+    rng = np.random.default_rng(13)
+    cases = [("Convolution", (3, 8, 11, 13), conv_params(6, 3, 1, 1, 1, 2)),
+             ("Convolution", (2, 8, 9, 9), conv_params(5, 3, 2, 0, 1, 1)),
+             ("Convolution", (3, 8, 7, 7), conv_params(4, 1, 1, 0, 1, 1)),
+             ("Convolution", (2, 8, 10, 11), conv_params(4, 3, 1, 1, 1, 1)),
+             ("Convolution", (1, 8, 10, 11), conv_params(4, 3, 1, 1, 1, 1)),
+             ("Deconvolution", (2, 4, 5, 5), dict(conv_params(6, 4, 2, 1, 1, 2)))]
+    for kind, shape, p in cases:
+        spec = REGISTRY[kind]
+        x = rng.normal(size=shape)
+        if ordered == "batch-last":
+            x = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+        wts = [rng.normal(size=s) for s in spec.param_shapes(p, [shape])]
+        bare = RunContext(NUMPY, "train", np.float64)
+        y = spec.forward(p, [x], wts, bare, {"ntops": 1})[0]
+        dy = rng.normal(size=y.shape)
+        if ordered == "batch-last":
+            dy = np.ascontiguousarray(dy.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+        (dx,), dws = spec.backward(p, [x], [y], [dy], wts, bare, {"ntops": 1}, [True])
+        outputs, input_diffs = _places(y.shape, np.float64), _places(shape, np.float64)
+        weight_diffs = [np.full(w.shape, np.nan) for w in wts]
+        ctx = RunContext(NUMPY, "train", np.float64, outputs=lambda i, order: outputs[order],
+                         input_diffs=lambda i, order: input_diffs[order], weight_diffs=weight_diffs)
+        tops, shapes = [tuple(y.shape)], [tuple(shape)]
+        forward_room = Region(np.empty(spec.workspace_bytes(p, shapes, tops, 8), np.uint8))
+        with using_region(forward_room):
+            y2 = spec.forward(p, [x], wts, ctx, {"ntops": 1})[0]
+        backward_room = Region(np.empty(spec.workspace_bytes(p, shapes, tops, 8, backward=True), np.uint8))
+        with using_region(backward_room):
+            (dx2,), dws2 = spec.backward(p, [x], [y2], [dy], wts, ctx, {"ntops": 1}, [True])
+        assert forward_room.overflow_bytes == backward_room.overflow_bytes == 0, (kind, shape)
+        # the place itself, as the executor compares: else it copies the result onto it
+        assert any(np.shares_memory(y2, place) and y2.strides == place.strides for place in outputs.values())
+        assert any(np.shares_memory(dx2, place) and dx2.strides == place.strides for place in input_diffs.values())
+        assert all(a is b for a, b in zip(dws2, weight_diffs))
+        for ours, theirs in zip([y2, dx2] + dws2, [y, dx] + dws):
+            np.testing.assert_array_equal(ours, theirs)
+
+
 @pytest.fixture
 def split_everything(monkeypatch):
     """Every splittable operation split across 3 threads, however small (small GEMMs

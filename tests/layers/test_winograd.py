@@ -11,6 +11,7 @@ import pytest
 
 from netc.layers import winograd
 from netc.layers.im2col import Geometry
+from netc.layers.memory_order import as_blob
 
 PAIRS = [(m, r) for r in range(2, 8) for m in range(2, 8) if m + r - 1 <= winograd.MAX_ALPHA]
 
@@ -123,13 +124,13 @@ def test_float32_error_stays_within_1e_5_of_the_largest_value(k):
     geo = geometry(c, size, size, k)
     p = winograd.plan(geo, 1, n)
     assert p is not None and p.alpha_h == 8
-    y = winograd.forward(np, x.astype(np.float32), w.astype(np.float32), None, p, 1)
+    x32, w32 = as_blob(x.astype(np.float32)), w.astype(np.float32)
+    y = winograd.forward(np, x32, w32, None, p, geo, 1)
     want = direct(x, w)
     assert np.abs(y - want).max() <= 1e-5 * np.abs(want).max()
     dy = rng.normal(size=want.shape)
-    dx, dw, db = winograd.backward(np, dy.astype(np.float32), w.astype(np.float32), p, 1,
-                                   x.astype(np.float32), input_hw=(size, size))
-    dx64, dw64, _ = winograd.backward(np, dy, w, p, 1, x, input_hw=(size, size))
+    dx, dw, db = winograd.backward(np, x32, as_blob(dy.astype(np.float32)), w32, p, geo, 1)
+    dx64, dw64, _ = winograd.backward(np, as_blob(x), as_blob(dy), w, p, geo, 1)
     # float64 Winograd agrees with the direct definition: <dy, conv(x)> = <dx, x> = <dw, w>
     assert np.isclose(np.sum(dy * want), np.sum(dx64 * x), rtol=1e-10)
     assert np.isclose(np.sum(dy * want), np.sum(dw64 * w), rtol=1e-10)
