@@ -20,15 +20,24 @@ An input ordered batch-last (netc.layers.memory_order) is pooled as the (C, H, W
 array it is, whose rows are W·N contiguous values, and its output and gradient are
 ordered batch-last too: the routines below take the two spatial axes of the array
 they work on, (2, 3) for (N, C, H, W) or (1, 2) for (C, H, W, N).
+
+Memory: the outputs are written into the places the executor gives them
+(RunContext.output), the gradient into its place (RunContext.input_diff); padded
+copies, partial reductions and masks are workspace() pieces, and the arg-max behind a
+mask top is kept state (RunContext.kept). workspace_bytes and kept_bytes declare them
+slot by slot, as _scratch_bytes reckons them from the code below.
 """
 from __future__ import annotations
+
+import numpy
 
 from netc.errors import NetcError
 from netc.layers.base import LayerType, Param, ParamError, ShapeError, register, spatial_pair
 from netc.layers.base import count as _count
-from netc.layers.im2col import workspace
-from netc.layers.memory_order import as_blob, batch_last, in_order_of
+from netc.layers.memory_order import as_blob, batch_last
+from netc.runtime.scratch import aligned, workspace
 from netc.runtime.threads import split
+
 
 
 def _window(p: dict, h: int, w: int):
@@ -56,23 +65,43 @@ def _spatial_shape(shape, axes, h: int, w: int) -> tuple:
     return tuple(shape)
 
 
+def _reach(kernel, stride, out) -> tuple[int, int]:
+    """How far from −pad the windows reach on each axis: (o − 1)·s + k."""
+    return tuple((o - 1) * s + k for o, s, k in zip(out, stride, kernel))
+
+
+def _needs_buffer(kernel, stride, pad, out, h: int, w: int) -> bool:
+    """Whether a window leaves the image (padding, or ceil's overhang): then the
+    windows are taken from a copy of x in a buffer (_padded)."""
+    hb, wb = _reach(kernel, stride, out)
+    return not (pad[0] == 0 and pad[1] == 0 and hb <= h and wb <= w)
+
+
 def _buffer_size(kernel, stride, pad, out, h: int, w: int) -> tuple[int, int]:
     """Hb × Wb: the buffer from −pad that holds the image and every window."""
-    hb, wb = ((o - 1) * s + k for o, s, k in zip(out, stride, kernel))
+    hb, wb = _reach(kernel, stride, out)
     return max(hb, pad[0] + h), max(wb, pad[1] + w)
 
 
 def _padded(xp, x, fill, kernel, stride, pad, out, axes=NCHW):
-    """x in a buffer starting at −pad and long enough for every window (Hb × Wb),
-    filled with `fill` outside the image; x itself when no window leaves it."""
+    """x in a buffer starting at −pad and long enough for every window (Hb × Wb, the
+    "pool_pad" workspace), filled with `fill` outside the image; x itself when no
+    window leaves it."""
     h, w = x.shape[axes[0]], x.shape[axes[1]]
-    hb, wb = ((o - 1) * s + k for o, s, k in zip(out, stride, kernel))
-    ph, pw = pad
-    if ph == 0 and pw == 0 and hb <= h and wb <= w:
+    if not _needs_buffer(kernel, stride, pad, out, h, w):
         return x
-    buf = xp.full(_spatial_shape(x.shape, axes, *_buffer_size(kernel, stride, pad, out, h, w)), fill,
-                  dtype=x.dtype)
-    hh, ww = min(h, hb - ph), min(w, wb - pw)
+    hb, wb = _buffer_size(kernel, stride, pad, out, h, w)
+    buf = workspace(xp, _spatial_shape(x.shape, axes, hb, wb), x.dtype, "pool_pad")
+    (ph, pw), (reach_h, reach_w) = pad, _reach(kernel, stride, out)
+    hh, ww = min(h, reach_h - ph), min(w, reach_w - pw)
+    if 10 * (hb * wb - hh * ww) < hb * wb:
+        # a thin frame (ceil's overhang of a row and a column): filled alone; NumPy's
+        # loops over a frame's short rows make a thicker one slower than filling it all
+        for rows, cols in ((slice(0, ph), slice(None)), (slice(ph + hh, None), slice(None)),
+                           (slice(ph, ph + hh), slice(0, pw)), (slice(ph, ph + hh), slice(pw + ww, None))):
+            buf[_at(axes, rows, cols)] = fill
+    else:
+        buf[...] = fill
     buf[_at(axes, slice(ph, ph + hh), slice(pw, pw + ww))] = x[_at(axes, slice(0, hh), slice(0, ww))]
     return buf
 
@@ -82,54 +111,155 @@ def _offsets(k: int, s: int, o: int):
     return [slice(i, i + s * (o - 1) + 1, s) for i in range(k)]
 
 
-def _reduce_axis(xp, a, axis: int, k: int, s: int, o: int, op, out=None):
-    """op over the k strided slices of `axis` (see _offsets), left to right: a new
-    array, or `out`."""
+def _inside(k: int, s: int, o: int, pad: int, size: int):
+    """Per kernel offset i along one axis: (outputs, pixels), the slice of the output
+    positions whose window's i-th pixel lies in the image, and the slice of those
+    pixels; None where no window's does (it lies in the padding or the overhang)."""
+    found = []
+    for i in range(k):
+        first = max(0, -(-(pad - i) // s))               # i + s·t − pad ≥ 0
+        last = min(o, (size + pad - i - 1) // s + 1)      # i + s·t − pad < size
+        if first >= last:
+            found.append(None)
+            continue
+        start = i + s * first - pad
+        found.append((slice(first, last), slice(start, start + s * (last - first - 1) + 1, s)))
+    return found
+
+
+def _reduce_axis(a, axis: int, k: int, s: int, o: int, op, out):
+    """op over the k strided slices of `axis` (see _offsets), left to right, into `out`."""
     parts = [a[(slice(None),) * axis + (sl,)] for sl in _offsets(k, s, o)]
     if k == 1:
-        if out is None:
-            return parts[0].copy()
         out[...] = parts[0]
         return out
-    r = op(parts[0], parts[1], out=out)
+    op(parts[0], parts[1], out=out)
     for part in parts[2:]:
-        op(r, part, out=r)
-    return r
+        op(out, part, out=out)
+    return out
 
 
-def _reduce_windows(xp, buf, kernel, stride, out, op, rows_first: bool = False, axes=NCHW):
-    """op (maximum or add) over every window: along W, then along H (rows_first: along
-    H, then W). A new contiguous array, buf's shape with OH × OW on its spatial axes.
-    The first axis (the batch, or channels) is split across threads (NumPy); every
+def _reduce_windows(xp, buf, kernel, stride, out, op, y, rows_first: bool = False, axes=NCHW):
+    """op (maximum or add) over every window into y (buf's shape with OH × OW on its
+    spatial axes): along W, then along H (rows_first: along H, then W), the first
+    reduction in the "pool_rows" workspace. The first axis (the batch, or channels) is
+    split across threads (NumPy), each slice in its part of every array; every
     window's values are combined in the same order either way."""
     (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
     ha, wa = axes
-    y = xp.empty(_spatial_shape(buf.shape, axes, oh, ow), dtype=buf.dtype)
+    rows = (oh, buf.shape[wa]) if rows_first else (buf.shape[ha], ow)
+    r = workspace(xp, _spatial_shape(buf.shape, axes, *rows), buf.dtype, "pool_rows")
 
     def run(a, b):
         if rows_first:
-            r = _reduce_axis(xp, buf[a:b], ha, kh, sh, oh, op)
-            _reduce_axis(xp, r, wa, kw, sw, ow, op, out=y[a:b])
+            _reduce_axis(buf[a:b], ha, kh, sh, oh, op, r[a:b])
+            _reduce_axis(r[a:b], wa, kw, sw, ow, op, y[a:b])
         else:
-            r = _reduce_axis(xp, buf[a:b], wa, kw, sw, ow, op)
-            _reduce_axis(xp, r, ha, kh, sh, oh, op, out=y[a:b])
+            _reduce_axis(buf[a:b], wa, kw, sw, ow, op, r[a:b])
+            _reduce_axis(r[a:b], ha, kh, sh, oh, op, y[a:b])
 
     split(xp, buf.shape[0], buf.size, run)
     return y
 
 
-def _spread_windows(xp, g, kernel, stride, out, shape, axes=NCHW):
-    """The adjoint of _reduce_windows(add): each g value added to every buffer pixel of
-    its window. shape: the buffer's."""
-    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
-    ha, wa = axes
-    r = xp.zeros(_spatial_shape(shape, axes, shape[ha], ow), dtype=g.dtype)
-    for sl in _offsets(kh, sh, oh):
-        r[_at(axes, sl, slice(None))] += g
-    buf = xp.zeros(shape, dtype=g.dtype)
-    for sl in _offsets(kw, sw, ow):
-        buf[_at(axes, slice(None), sl)] += r
+def _max_pool(xp, x, kernel, stride, pad, out, axes, y):
+    """MAX pooling of x (spatial axes `axes`) into y; returns the buffer the windows
+    were taken from (x, or its padded copy), for the arg-max scan."""
+    buf = _padded(xp, x, -xp.inf, kernel, stride, pad, out, axes)
+    # The maximum, unlike a sum, is the same in any order (up to which of a +0/−0
+    # tie, or which of several NaNs, comes out): the rows first, whose operations
+    # run over whole contiguous rows (~1.8x faster than W first, whose strided
+    # slices NumPy does not vectorise), leaving W for the smaller array.
+    _reduce_windows(xp, buf, kernel, stride, out, xp.maximum, y, rows_first=True, axes=axes)
     return buf
+
+
+def _argmax_scan(xp, buf, y, kernel, stride, out, axes, arg):
+    """Per output pixel, the window offset i·kw + j of the first maximum in Caffe's
+    scan (rows, then columns within a row), into `arg` (int32, y's shape; −1 where the
+    maximum is NaN). buf: the buffer the maxima y were taken from (_max_pool)."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
+    arg[...] = -1
+    hit = workspace(xp, y.shape, bool, "pool_eq")
+    rows, cols = _offsets(kh, sh, oh), _offsets(kw, sw, ow)
+    # scanned backwards, so that the last write, which wins, is the first maximum
+    for k in reversed(range(kh * kw)):
+        xp.equal(buf[_at(axes, rows[k // kw], cols[k % kw])], y, out=hit)
+        xp.copyto(arg, k, where=hit)
+    return arg
+
+
+def _global_argmax(xp, x):
+    """Per plane, the flat index h·W + w of its first maximum (argmax scans row-major):
+    an (N, C) intp array, in the "pool_argmax" workspace (read it before the next call)."""
+    n, c, h, w = x.shape
+    xt = batch_last(x)
+    if xt is None:
+        return xp.argmax(x.reshape(n, c, h * w), axis=2, out=workspace(xp, (n, c), numpy.intp, "pool_argmax"))
+    return xp.argmax(xt.reshape(c, h * w, n), axis=1, out=workspace(xp, (c, n), numpy.intp, "pool_argmax")).T
+
+
+def _mask(xp, arg, mask, w, kernel, stride, pad, out, axes=NCHW):
+    """Caffe's mask into `mask` (arg's shape): the arg-max's flat index
+    (hstart + i)·W + wstart + j in the input plane, for arg = i·kw + j, reckoned as
+    i·(W − kw) + arg + hstart·W + wstart in whole numbers (the "pool_index" workspace),
+    then converted once."""
+    kw = kernel[1]
+    trailing = (1,) * (3 - axes[1])
+    hs = (xp.arange(out[0], dtype=xp.int32) * stride[0] - pad[0]).reshape((-1, 1) + trailing)
+    ws = (xp.arange(out[1], dtype=xp.int32) * stride[1] - pad[1]).reshape((1, -1) + trailing)
+    index = xp.floor_divide(arg, kw, out=workspace(xp, arg.shape, xp.int32, "pool_index"))
+    index *= w - kw
+    index += arg
+    index += hs * w + ws
+    mask[...] = index
+    return mask
+
+
+def _max_backward(xp, arg, g, dx, kernel, stride, pad, out, h: int, w: int, axes=NCHW):
+    """Each g value added to the pixel its window's arg-max (`arg`, the offset
+    i·kw + j) names, into dx: offset by offset, the values that chose it (the others
+    +0, selected by a bitwise AND with an all-ones/zero mask) added to its pixels. Only
+    offsets' pixels inside the image are visited: those in the padding or the overhang
+    would be cropped away."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
+    bits = xp.dtype(f"i{g.dtype.itemsize}")
+    # taken at the outputs' size once, an offset's clipped outputs using the start; the
+    # selected values in the room of the forward's rows (made again before, and done
+    # with: at least the outputs' size)
+    equal = workspace(xp, arg.size, bool, "pool_eq")
+    selected = workspace(xp, arg.size, bits, "pool_rows")
+    dx[...] = 0
+    along_w = _inside(kw, sw, ow, pad[1], w)
+    for i, rows in enumerate(_inside(kh, sh, oh, pad[0], h)):
+        for j, cols in enumerate(along_w):
+            if rows is None or cols is None:
+                continue
+            outputs = _at(axes, rows[0], cols[0])
+            chose = arg[outputs]
+            ones = xp.equal(chose, i * kw + j, out=equal[:chose.size].reshape(chose.shape)).view(xp.int8)
+            xp.negative(ones, out=ones)                        # 1 → all bits set
+            picked = xp.bitwise_and(g[outputs].view(bits), ones, out=selected[:chose.size].reshape(chose.shape))
+            dx[_at(axes, rows[1], cols[1])] += picked.view(g.dtype)
+    return dx
+
+
+def _ave_backward(xp, g, dx, kernel, stride, pad, out, h: int, w: int, axes=NCHW):
+    """The adjoint of AVE's window sums, into dx: each g value (already divided) added
+    to every pixel of its window, along H into the "pool_rows" workspace, then along W.
+    Only pixels inside the image are summed: those of the padding and the overhang
+    would be cropped away."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
+    r = workspace(xp, _spatial_shape(g.shape, axes, h, ow), g.dtype, "pool_rows")
+    r[...] = 0
+    for inside in _inside(kh, sh, oh, pad[0], h):
+        if inside is not None:
+            r[_at(axes, inside[1], slice(None))] += g[_at(axes, inside[0], slice(None))]
+    dx[...] = 0
+    for inside in _inside(kw, sw, ow, pad[1], w):
+        if inside is not None:
+            dx[_at(axes, slice(None), inside[1])] += r[_at(axes, slice(None), inside[0])]
+    return dx
 
 
 def _tiles_image(kernel, stride, pad, out, h: int, w: int) -> bool:
@@ -141,98 +271,115 @@ def _tiles_image(kernel, stride, pad, out, h: int, w: int) -> bool:
             and out[0] * kernel[0] == h and out[1] * kernel[1] == w)
 
 
-def _max_backward_tiled(xp, x, y, dy, kernel, out):
-    """MAX pooling's backward when the windows tile the image (_tiles_image): each
-    window's gradient goes to its first maximum in Caffe's row-major scan, found by
-    comparing x with its window's maximum and clearing later hits. The same result,
+def _first_hits_only(xp, hit, y, windows: int, kh: int, kw: int, window_axes: tuple, taken) -> None:
+    """Ties: keep only the first hit per window of `hit` (x == its window's maximum, the
+    windows' pixels on `window_axes`, rows then columns), in place; `taken`: room for a
+    bool per window. A window without a hit (NaN maximum) could hide another's tie in
+    the count, hence the NaN test (the maximum of y is NaN exactly when one of its
+    values is)."""
+    if kh * kw == 1 or (int(xp.count_nonzero(hit)) == windows and not bool(xp.isnan(y.max()))):
+        return
+    ha, wa = window_axes
+
+    def pixel(k):
+        index = [slice(None)] * hit.ndim
+        index[ha], index[wa] = k // kw, k % kw
+        return hit[tuple(index)]                           # a view: cleared in place
+
+    taken[...] = pixel(0)                                  # a maximum seen earlier in the scan
+    for k in range(1, kh * kw):
+        later = pixel(k)
+        xp.greater(later, taken, out=later)                # later and not taken (False < True)
+        if k < kh * kw - 1:
+            taken |= later
+
+
+def _max_backward_tiled(xp, x, y, dy, dx, kernel, out):
+    """MAX pooling's backward when the windows tile the image (_tiles_image), into dx:
+    each window's gradient goes to its first maximum in Caffe's row-major scan, found
+    by comparing x with its window's maximum and clearing later hits. The same result,
     bit for bit, as the general path's arg-max scan (the first pixel equal to its
     window's maximum gets dy, every other pixel +0; no gradient where the maximum is NaN).
 
-    Written for NumPy's speed: y and dy are spread over their windows at full size, so
-    that the comparison and the selection run over whole contiguous arrays (a (.., kh, W)
-    or (.., OW, kw) view of the image makes NumPy loop over W or kw values at a time,
-    several times slower), and dy is selected by a bitwise AND with an all-ones/zero
-    mask, as masked copies (copyto(where=), where) are much slower still."""
+    Written for NumPy's speed: y and dy are spread over their windows at full size (in
+    dx, which ends up holding the result), so that the comparison and the selection run
+    over whole contiguous arrays (a (.., kh, W) or (.., OW, kw) view of the image makes
+    NumPy loop over W or kw values at a time, several times slower), and dy is selected
+    by a bitwise AND with an all-ones/zero mask, as masked copies (copyto(where=), where)
+    are much slower still."""
     (kh, kw), (oh, ow) = kernel, out
     n, c, h, w = x.shape
-    dx = xp.empty(x.shape, dtype=dy.dtype)
-    bits = xp.dtype(f"u{dy.dtype.itemsize}")
+    bits = xp.dtype(f"i{dy.dtype.itemsize}")
+    row = w * dy.dtype.itemsize                    # bytes in an image row
+    hits = workspace(xp, x.shape, bool, "pool_hit")
+    taken = workspace(xp, y.shape, bool, "pool_taken")
+    # the values spread along W, in the room of the forward's rows (made again before,
+    # and done with: (N, C, OH, W) values)
+    spread_along_w = workspace(xp, n * c * oh * row, xp.uint8, "pool_rows")
 
-    def spread(a, m, slot):
-        """a (m, C, OH, OW) repeated over each window: (m, C, H, W). Along W by kw strided
-        writes (their rows coalesce into one long loop), along H by repeating whole rows."""
+    def spread(a, into, a_start):
+        """a (m, C, OH, OW) repeated over each window into `into` (m, C, H, W): along W
+        first, whose rows are then copied kh times, each as one value of `row` bytes (as
+        np.repeat copies them, which would make a new array; NumPy then loops over
+        rows, not over the W values of each)."""
+        m = a.shape[0]
+        along_w = spread_along_w[a_start * c * oh * row:(a_start + m) * c * oh * row]
         if kw == 2 and a.dtype.itemsize == 4:
             # 2-wide windows of 4-byte values (LeNet's, VGG's 2x2 float32 pools): each
             # value's bits twice in one uint64, u·(2³² + 1), is its pair along W; one
             # contiguous multiply instead of two strided writes (~30% faster)
-            pairs = a.view(f"u{a.dtype.itemsize}").astype(xp.uint64)
-            pairs *= 0x100000001
-            return xp.repeat(pairs, kh, axis=2).view(a.dtype)
-        wide = workspace(xp, (m, c, oh, w), a.dtype, slot)
-        for j in range(kw):
-            wide[..., j::kw] = a
-        return xp.repeat(wide, kh, axis=2)
+            wide = xp.multiply(a.view(xp.uint32), xp.uint64(0x100000001),
+                               out=along_w.view(xp.uint64).reshape(m, c, oh, ow))
+        else:
+            wide = along_w.view(a.dtype).reshape(m, c, oh, w)
+            for j in range(kw):
+                wide[..., j::kw] = a
+        if xp is not numpy:                        # CuPy has no such values
+            into.reshape(m, c, oh, kh, w)[...] = wide.view(a.dtype).reshape(m, c, oh, 1, w)
+            return into
+        rows = wide.view(xp.uint8).reshape(m * c * oh, row).view(f"V{row}")[:, 0]
+        windows = into.view(xp.uint8).reshape(m * c * oh, kh, row).view(f"V{row}")[:, :, 0]
+        for i in range(kh):
+            windows[:, i] = rows
+        return into
 
     def run(a, b):
         m = b - a
-        rows = (m, c, oh, kh, w)                               # window row i of output row r
-        hit = xp.equal(x[a:b], spread(y[a:b], m, "pool_y"),
-                       out=workspace(xp, (m, c, h, w), bool, "pool_hit")).reshape(rows)
-        # Ties: keep only the first hit per window. A window without a hit (NaN max)
-        # could hide another's tie in the count, hence the NaN test.
-        windows = m * c * oh * ow
-        if kh * kw > 1 and (int(xp.count_nonzero(hit)) != windows or bool(xp.isnan(y[a:b]).any())):
-            tiles = hit.reshape(m, c, oh, kh, ow, kw)
-            taken = tiles[:, :, :, 0, :, 0].copy()             # a maximum seen earlier in the scan
-            for k in range(1, kh * kw):
-                later = tiles[:, :, :, k // kw, :, k % kw]     # a view: cleared in place
-                later &= ~taken
-                if k < kh * kw - 1:
-                    taken |= later
-        mask = hit.astype(bits).reshape(m, c, h, w)
+        hit = xp.equal(x[a:b], spread(y[a:b], dx[a:b], a), out=hits[a:b])
+        _first_hits_only(xp, hit.reshape(m, c, oh, kh, ow, kw), y[a:b], m * c * oh * ow, kh, kw, (3, 5),
+                         taken[a:b])
+        mask = hit.view(xp.int8)
         xp.negative(mask, out=mask)                            # 1 → all bits set
-        xp.bitwise_and(spread(dy[a:b], m, "pool_dy").view(bits), mask, out=dx[a:b].view(bits))
+        picked = spread(dy[a:b], dx[a:b], a).view(bits)
+        xp.bitwise_and(picked, mask, out=picked)
 
     split(xp, n, x.size, run)
     return dx
 
 
-def _max_backward_tiled_batch_last(xp, xt, yt, dyt, kernel, out):
-    """_max_backward_tiled for arrays ordered (C, H, W, N): the same result, bit for bit.
-    Viewed as (C, OH, kh, OW, kw, N), each window's pixels lie in axes 2 and 4 and
-    y and dy broadcast over them with no copy, every loop running over N contiguous
-    values; the selection is the same bitwise AND with an all-ones/zero mask."""
+def _max_backward_tiled_batch_last(xp, xt, yt, dyt, dxt, kernel, out):
+    """_max_backward_tiled for arrays ordered (C, H, W, N), into dxt: the same result,
+    bit for bit. Viewed as (C, OH, kh, OW, kw, N), each window's pixels lie in axes 2
+    and 4 and y and dy broadcast over them with no copy, every loop running over N
+    contiguous values; the selection is the same bitwise AND with an all-ones/zero
+    mask, made in dxt itself."""
     (kh, kw), (oh, ow) = kernel, out
     c, n = xt.shape[0], xt.shape[3]
     tiles = (c, oh, kh, ow, kw, n)
-    x6 = xt.reshape(tiles)
-    dx = xp.empty(xt.shape, dtype=dyt.dtype)
+    x6, dx6 = xt.reshape(tiles), dxt.reshape(tiles)
     bits = xp.dtype(f"i{dyt.dtype.itemsize}")
+    hits = workspace(xp, tiles, bool, "pool_hit")
+    taken = workspace(xp, yt.shape, bool, "pool_taken")
 
     def run(a, b):
-        hit = xp.equal(x6[a:b], yt[a:b, :, None, :, None],
-                       out=workspace(xp, (b - a,) + tiles[1:], bool, "pool_hit"))
-        windows = (b - a) * oh * ow * n
-        if kh * kw > 1 and (int(xp.count_nonzero(hit)) != windows or bool(xp.isnan(yt[a:b]).any())):
-            taken = hit[:, :, 0, :, 0].copy()                 # a maximum seen earlier in the scan
-            for k in range(1, kh * kw):
-                later = hit[:, :, k // kw, :, k % kw]          # a view: cleared in place
-                later &= ~taken
-                if k < kh * kw - 1:
-                    taken |= later
-        mask = xp.negative(hit.view(xp.int8), out=workspace(xp, hit.shape, bits, "pool_mask"))
+        hit = xp.equal(x6[a:b], yt[a:b, :, None, :, None], out=hits[a:b])
+        _first_hits_only(xp, hit, yt[a:b], (b - a) * oh * ow * n, kh, kw, (2, 4), taken[a:b])
+        mask = xp.negative(hit.view(xp.int8), out=dx6[a:b].view(bits))
         dy6 = xp.broadcast_to(dyt[a:b, :, None, :, None].view(bits), hit.shape)
-        xp.bitwise_and(dy6, mask, out=dx[a:b].reshape(hit.shape).view(bits))
+        xp.bitwise_and(dy6, mask, out=mask)
 
     split(xp, c, xt.size, run)
-    return dx
-
-
-def _crop(xp, buf, pad, h, w, axes=NCHW):
-    ph, pw = pad
-    if (buf.shape[axes[0]], buf.shape[axes[1]]) == (h, w):
-        return buf
-    return xp.ascontiguousarray(buf[_at(axes, slice(ph, ph + h), slice(pw, pw + w))])
+    return dxt
 
 
 def _ave_divisor(xp, dtype, h, w, kernel, stride, pad, out, axes=NCHW):
@@ -244,6 +391,48 @@ def _ave_divisor(xp, dtype, h, w, kernel, stride, pad, out, axes=NCHW):
         sizes.append((xp.minimum(start + k, size + pd) - start).astype(dtype))
     divisor = sizes[0][:, None] * sizes[1][None, :]
     return divisor if axes == NCHW else divisor[:, :, None]
+
+
+def _destination(xp, place, axes, shape, dtype):
+    """Where a result with spatial axes `axes` (shape `shape`) is written: the array
+    behind the executor's place for it (RunContext.output or input_diff, asked in that
+    order), or a new one where there is none."""
+    if place is None:
+        return xp.empty(shape, dtype=dtype)
+    return batch_last(place) if axes == CHWN else place
+
+
+def _scratch_bytes(p: dict, bottom, top, dtype_bytes: int, with_mask: bool, backward: bool) -> int:
+    """The workspace one forward (or backward) call takes, slot by slot as the code
+    above asks for it. The tiled backward's first-hit mask is counted though only
+    windows with ties use it."""
+    n, c, h, w = bottom
+    kernel, stride, pad, out = _window(p, h, w)
+    outputs = _count(top)
+    if p["global_pooling"]:
+        if p["pool"] == "AVE":
+            return aligned(outputs * dtype_bytes) if backward else 0       # dy / (H·W)
+        # MAX: the planes' arg-max, in the forward for the mask, else in the backward
+        scans = with_mask if not backward else not with_mask
+        return aligned(n * c * numpy.dtype(numpy.intp).itemsize) if scans else 0
+    padded = _needs_buffer(kernel, stride, pad, out, h, w)
+    bh, bw = _buffer_size(kernel, stride, pad, out, h, w) if padded else (h, w)
+    if backward and p["pool"] == "AVE":
+        return aligned(outputs * dtype_bytes) + aligned(n * c * h * out[1] * dtype_bytes)   # dy / size, rows
+    if backward and with_mask:                  # the arg-max kept: its equality and the selected dy
+        return aligned(outputs) + aligned(outputs * dtype_bytes)
+    rows = n * c * (out[0] * bw if p["pool"] == "MAX" else bh * out[1]) * dtype_bytes
+    forward = (aligned(n * c * bh * bw * dtype_bytes) if padded else 0) + aligned(rows)
+    if not backward:
+        # the arg-max scan's equality, the mask's whole-number index
+        return forward + (aligned(outputs) + aligned(4 * outputs) if with_mask else 0)
+    # MAX with one top: the forward again (its y too), whose rows' room then takes the
+    # spread or the selected dy; then the tiled path's hits and first hits, or the
+    # arg-max and its equality
+    again = forward + aligned(outputs * dtype_bytes)
+    if _tiles_image(kernel, stride, pad, out, h, w):
+        return again + aligned(n * c * h * w) + aligned(outputs)
+    return again + aligned(4 * outputs) + aligned(outputs)
 
 
 def pooled_size(size: int, kernel: int, stride: int, pad: int, round_mode: str) -> int:
@@ -341,34 +530,55 @@ class Pooling(LayerType):
                 return [y]
             state["kernel_mask"] = mask       # h·W + w of each window's maximum: Caffe's mask top
             return [y, mask.astype(x.dtype)]
-        if p["global_pooling"]:
-            if p["pool"] == "AVE":
-                return [x.mean(axis=(2, 3), keepdims=True)]
-            y = x.max(axis=(2, 3), keepdims=True)
-            if state.get("ntops", 2) < 2:
-                return [y]
-            arg = self._argmax(xp, x, y, kernel, stride, pad, out)
-            state["argmax"] = arg
-            return [y, self._mask(xp, arg, x.dtype, w, kernel, stride, pad, out)]
-        a, axes, blob = self._in_order(x)
-        if p["pool"] == "AVE":
-            buf = _padded(xp, a, 0, kernel, stride, pad, out, axes)
-            y = _reduce_windows(xp, buf, kernel, stride, out, xp.add, axes=axes)
-            y /= _ave_divisor(xp, x.dtype, h, w, kernel, stride, pad, out, axes)
-            return [blob(y)]
-        buf = _padded(xp, a, -xp.inf, kernel, stride, pad, out, axes)
-        # The maximum, unlike a sum, is the same in any order (up to which of a +0/−0
-        # tie, or which of several NaNs, comes out): the rows first, whose operations
-        # run over whole contiguous rows (~1.8x faster than W first, whose strided
-        # slices NumPy does not vectorise), leaving W for the smaller array.
-        y = _reduce_windows(xp, buf, kernel, stride, out, xp.maximum, rows_first=True, axes=axes)
         # Caffe's mask top is wanted only with two tops; the executor says how many it
         # reads in state["ntops"] (without it, the mask is made anyway).
-        if state.get("ntops", 2) < 2:
+        with_mask = p["pool"] == "MAX" and state.get("ntops", 2) >= 2
+        if p["global_pooling"]:
+            return self._global_forward(xp, p, x, ctx, state, with_mask)
+        a, axes, blob = self._in_order(x)
+        y = _destination(xp, ctx.output(0, axes == CHWN), axes, _spatial_shape(a.shape, axes, *out), x.dtype)
+        if p["pool"] == "AVE":
+            buf = _padded(xp, a, 0, kernel, stride, pad, out, axes)
+            _reduce_windows(xp, buf, kernel, stride, out, xp.add, y, axes=axes)
+            y /= _ave_divisor(xp, x.dtype, h, w, kernel, stride, pad, out, axes)
             return [blob(y)]
-        arg = self._argmax(xp, a, y, kernel, stride, pad, out, axes)
-        state["argmax"] = arg
-        return [blob(y), blob(self._mask(xp, arg, x.dtype, w, kernel, stride, pad, out, axes))]
+        buf = _max_pool(xp, a, kernel, stride, pad, out, axes, y)
+        if not with_mask:
+            return [blob(y)]
+        arg = state["argmax"] = _argmax_scan(xp, buf, y, kernel, stride, out, axes,
+                                        ctx.kept(y.shape, xp.int32, "argmax"))
+        mask = _destination(xp, ctx.output(1, axes == CHWN), axes, y.shape, x.dtype)
+        return [blob(y), blob(_mask(xp, arg, mask, w, kernel, stride, pad, out, axes))]
+
+    @staticmethod
+    def _global_forward(xp, p, x, ctx, state, with_mask):
+        n, c, h, w = x.shape
+        # NumPy gives a reduction's result its input's memory order and sums in the
+        # order that implies: the output asked in that order keeps the sums bit for bit
+        ordered_batch_last = batch_last(x) is not None
+        y = ctx.output(0, ordered_batch_last)
+        if y is None:
+            y = as_blob(xp.empty((c, 1, 1, n), x.dtype)) if ordered_batch_last else xp.empty((n, c, 1, 1), x.dtype)
+        if p["pool"] == "AVE":
+            return [xp.mean(x, axis=(2, 3), keepdims=True, out=y)]
+        xp.max(x, axis=(2, 3), keepdims=True, out=y)
+        if not with_mask:
+            return [y]
+        arg = state["argmax"] = ctx.kept((n, c, 1, 1), xp.int32, "argmax")
+        arg[:, :, 0, 0] = _global_argmax(xp, x)
+        mask = ctx.output(1, False)
+        if mask is None:
+            mask = xp.empty((n, c, 1, 1), x.dtype)
+        mask[...] = arg              # the flat index in the plane, the window being the plane
+        return [y, mask]
+
+    @staticmethod
+    def _argmax(xp, x, y, kernel, stride, pad, out, axes=NCHW):
+        """Per output pixel of the maxima y, the window offset i·kw + j of the first
+        maximum of x in Caffe's scan: a new int32 array (what the fast paths are checked
+        against)."""
+        buf = _padded(xp, x, -xp.inf, kernel, stride, pad, out, axes)
+        return _argmax_scan(xp, buf, y, kernel, stride, out, axes, xp.empty(y.shape, dtype=xp.int32))
 
     @staticmethod
     def _in_order(x):
@@ -378,33 +588,6 @@ class Pooling(LayerType):
         if xt is None:
             return x, NCHW, lambda r: r
         return xt, CHWN, as_blob
-
-    @staticmethod
-    def _argmax(xp, x, y, kernel, stride, pad, out, axes=NCHW):
-        """Per output pixel, the window offset i·kw + j of the first maximum in Caffe's
-        scan (rows, then columns within a row): int32, y's shape. x and y are arrays
-        with spatial axes `axes`."""
-        h, w = x.shape[axes[0]], x.shape[axes[1]]
-        if kernel == (h, w) and out == (1, 1) and axes == NCHW:   # global: argmax scans row-major too
-            n, c = x.shape[:2]
-            return x.reshape(n, c, 1, h * w).argmax(axis=-1).reshape(n, c, 1, 1).astype(xp.int32)
-        buf = _padded(xp, x, -xp.inf, kernel, stride, pad, out, axes)
-        (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
-        arg = xp.full(y.shape, -1, dtype=xp.int32)
-        rows, cols = _offsets(kh, sh, oh), _offsets(kw, sw, ow)
-        # scanned backwards, so that the last write, which wins, is the first maximum
-        for k in reversed(range(kh * kw)):
-            xp.copyto(arg, k, where=buf[_at(axes, rows[k // kw], cols[k % kw])] == y)
-        return arg
-
-    @staticmethod
-    def _mask(xp, arg, dtype, w, kernel, stride, pad, out, axes=NCHW):
-        """Caffe's mask: the arg-max's flat index h·W + w in the input plane, as float."""
-        kw = kernel[1]
-        trailing = (1,) * (3 - axes[1])
-        hs = (xp.arange(out[0]) * stride[0] - pad[0]).reshape((-1, 1) + trailing)
-        ws = (xp.arange(out[1]) * stride[1] - pad[1]).reshape((1, -1) + trailing)
-        return ((hs + arg // kw) * w + ws + arg % kw).astype(dtype)
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         if not need[0]:
@@ -421,45 +604,47 @@ class Pooling(LayerType):
             return [cuda_kernels.max_pool_backward(dy, mask, x.shape, p, launcher=launcher)], []
         n, c, h, w = x.shape
         kernel, stride, pad, out = _window(p, h, w)
-        (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out
         if p["global_pooling"]:
+            dx = ctx.input_diff(0, False)
+            if dx is None:
+                dx = xp.empty(x.shape, dtype=dy.dtype)
             if p["pool"] == "AVE":
-                g = dy / dy.dtype.type(h * w)
-                return [xp.broadcast_to(g, x.shape).copy()], []
+                dx[...] = xp.divide(dy, dy.dtype.type(h * w), out=workspace(xp, dy.shape, dy.dtype, "pool_g"))
+                return [dx], []
             arg = state.get("argmax")
-            if arg is None:
-                arg = self._argmax(xp, x, None, kernel, stride, pad, out)
-            picks = xp.arange(h * w, dtype=xp.int32).reshape(1, 1, h, w) == arg
-            return [xp.where(picks, dy, dy.dtype.type(0))], []
-        # the gradient in the order of the input, pooled as the forward did
+            first_maxima = _global_argmax(xp, x) if arg is None else arg.reshape(n, c)
+            dx[...] = 0
+            dx.reshape(n, c, h * w)[xp.arange(n)[:, None], xp.arange(c), first_maxima] = dy.reshape(n, c)
+            return [dx], []
+        # pooled as the forward did, in the input's order; dy seen with the same axes,
+        # in whichever memory order it came (a batch-last convolution after the pool of
+        # an (N, C, H, W) input hands it batch-last: AlexNet's pool1, NiN's)
         a, axes, blob = self._in_order(x)
-        g, y = in_order_of(xp, dy, x), None
-        if p["pool"] == "MAX" and state.get("argmax") is None:
-            # the maxima made again from x (a forward's work): the backward reads no
-            # output, so the next layer may overwrite it in place (Caffe's NiN: Dropout)
-            y = self.forward(p, [x], [], ctx, {"ntops": 1})[0]
-        if axes == CHWN:
-            y, g = (None if y is None else batch_last(y)), batch_last(g)
-        buffer_shape = _spatial_shape(a.shape, axes, *_buffer_size(kernel, stride, pad, out, h, w))
+        g = dy if axes == NCHW else dy.transpose(1, 2, 3, 0)
+        dx = _destination(xp, ctx.input_diff(0, axes == CHWN), axes, a.shape, dy.dtype)
         if p["pool"] == "AVE":
-            g = g / _ave_divisor(xp, dy.dtype, h, w, kernel, stride, pad, out, axes)
-            return [blob(_crop(xp, _spread_windows(xp, g, kernel, stride, out, buffer_shape, axes),
-                               pad, h, w, axes))], []
+            divided = xp.divide(g, _ave_divisor(xp, dy.dtype, h, w, kernel, stride, pad, out, axes),
+                                out=workspace(xp, g.shape, g.dtype, "pool_g"))
+            return [blob(_ave_backward(xp, divided, dx, kernel, stride, pad, out, h, w, axes))], []
         # MAX (the mask top, if any, carries no gradient)
         arg = state.get("argmax")
-        if arg is None and _tiles_image(kernel, stride, pad, out, h, w):
-            # the common non-overlapping pool: no arg-max array, no scatter loop
-            if axes == CHWN:
-                return [blob(_max_backward_tiled_batch_last(xp, a, y, g, kernel, out))], []
-            return [_max_backward_tiled(xp, a, y, g, kernel, out)], []
         if arg is None:
-            arg = self._argmax(xp, a, y, kernel, stride, pad, out, axes)
-        buf = xp.zeros(buffer_shape, dtype=g.dtype)
-        zero = g.dtype.type(0)
-        for i, rows in enumerate(_offsets(kh, sh, oh)):
-            for j, cols in enumerate(_offsets(kw, sw, ow)):
-                buf[_at(axes, rows, cols)] += xp.where(arg == i * kw + j, g, zero)
-        return [blob(_crop(xp, buf, pad, h, w, axes))], []
+            # the maxima made again from x (a forward's work): the backward reads no
+            # output, so the next layer may overwrite it in place (Caffe's NiN: Dropout)
+            y = workspace(xp, g.shape, a.dtype, "pool_y")
+            buf = _max_pool(xp, a, kernel, stride, pad, out, axes, y)
+            if _tiles_image(kernel, stride, pad, out, h, w):
+                # the common non-overlapping pool: no arg-max array, no scatter loop
+                if axes == CHWN:
+                    return [blob(_max_backward_tiled_batch_last(xp, a, y, g, dx, kernel, out))], []
+                return [_max_backward_tiled(xp, a, y, g, dx, kernel, out)], []
+            arg = _argmax_scan(xp, buf, y, kernel, stride, out, axes, workspace(xp, y.shape, xp.int32, "pool_arg"))
+            if not g.flags.c_contiguous:
+                # read once per window offset below: copied to the input's order once,
+                # into y's room (y is done with)
+                y[...] = g
+                g = y
+        return [blob(_max_backward(xp, arg, g, dx, kernel, stride, pad, out, h, w, axes))], []
 
     # --- memory -----------------------------------------------------------------------
     def backward_keeps(self, p):
@@ -467,19 +652,13 @@ class Pooling(LayerType):
         return ((0,), ()) if p["pool"] == "MAX" else ((), ())
 
     def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
-        # with the mask top, the forward's arg-max (int32) is kept for the backward
-        return 4 * _count(tops[0]) if train and p["pool"] == "MAX" and len(tops) == 2 else 0
+        # with the mask top, the forward's arg-max (int32): kept for the backward in
+        # training, the forward's scratch in inference
+        return aligned(4 * _count(tops[0])) if p["pool"] == "MAX" and len(tops) == 2 else 0
 
     def workspace_bytes(self, p, bottoms, tops, dtype_bytes, backward=False):
-        # the input in a buffer from −pad holding every window; backward adds an
-        # arg-max per output (int32) for the scatter
-        n, c, h, w = bottoms[0]
-        kernel, stride, pad, out = _window(p, h, w)
-        (hb, wb), (ph, pw) = _buffer_size(kernel, stride, pad, out, h, w), pad
-        padded = 0 if (ph, pw) == (0, 0) and (hb, wb) == (h, w) else n * c * hb * wb * dtype_bytes
-        if not backward:
-            return padded + n * c * hb * out[1] * dtype_bytes     # the windows reduced along W first
-        return padded + (4 * _count(tops[0]) if p["pool"] == "MAX" else 0)
+        return _scratch_bytes(p, bottoms[0], tops[0], dtype_bytes, len(tops) == 2 and p["pool"] == "MAX",
+                              backward)
 
     def rounding_matters(self, p, bottom) -> bool:
         """Whether floor rounding (PyTorch, TensorFlow) would give another shape."""

@@ -287,3 +287,88 @@ def test_single_top_recomputes_the_argmax_in_backward(tmp_path, case):
     dy = np.random.default_rng(12).normal(size=want.shape)
     (dx,), _ = spec.backward(p, [x], tops, [dy], [], ctx, state, [True])
     np.testing.assert_allclose(dx, caffe_pool_backward(x, mask, dy, "MAX", kernel, stride, pad), rtol=1e-12)
+
+
+def _batch_last(a):
+    """a's values, its memory ordered (C, H, W, N) (netc.layers.memory_order)."""
+    from netc.layers.memory_order import as_blob
+    return as_blob(np.ascontiguousarray(a.transpose(1, 2, 3, 0)))
+
+
+def _params(method, kernel, stride, pad):
+    from netc.layers import REGISTRY
+    spec = REGISTRY["Pooling"]
+    return spec.normalize({"pool": method, "pad": 0, "pad_h": pad[0], "pad_w": pad[1], "kernel_size": None,
+                           "kernel_h": kernel[0], "kernel_w": kernel[1], "stride": 1, "stride_h": stride[0],
+                           "stride_w": stride[1], "global_pooling": False, "round_mode": "CEIL"})
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0][0] > 1])
+def test_dy_in_the_other_memory_order_gives_the_same_gradient(method, case):
+    """A batch-last convolution after the pool of an (N, C, H, W) input hands dy
+    batch-last (AlexNet's pool1), and the other way round: the same bits."""
+    from netc.layers import REGISTRY
+    from netc.runtime.backend import NUMPY, RunContext
+    shape, kernel, stride, pad = case
+    spec, p = REGISTRY["Pooling"], _params(method, kernel, stride, pad)
+    ctx = RunContext(NUMPY, "train", np.float64)
+    rng = np.random.default_rng(13)
+    x = rng.integers(0, 3, size=shape).astype(float)              # ties
+    for given in (x, _batch_last(x)):
+        y = spec.forward(p, [given], [], ctx, {"ntops": 1})[0]
+        dy = rng.normal(size=y.shape)
+        (want,), _ = spec.backward(p, [given], [y], [dy], [], ctx, {"ntops": 1}, [True])
+        (got,), _ = spec.backward(p, [given], [y], [_batch_last(dy) if given is x else dy.copy()], [], ctx,
+                                  {"ntops": 1}, [True])
+        np.testing.assert_array_equal(np.ascontiguousarray(got).view(np.uint64),
+                                      np.ascontiguousarray(want).view(np.uint64))
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("method,ntops", [("MAX", 1), ("MAX", 2), ("AVE", 1)])
+def test_runs_in_the_declared_room_and_writes_into_the_given_places(method, ntops, workers, monkeypatch):
+    """Every workspace piece fits workspace_bytes and the kept arg-max kept_bytes
+    (split across threads or not, either memory order), and the outputs and the
+    gradient are written into the places the executor gives (RunContext.output,
+    input_diff), not returned as new arrays."""
+    from netc.layers import REGISTRY
+    from netc.layers.memory_order import is_batch_last
+    from netc.runtime import threads
+    from netc.runtime.backend import NUMPY, RunContext
+    from netc.runtime.scratch import Region, using_region
+    monkeypatch.setattr(threads, "MIN_ELEMENTS", 0)
+    threads.set_workers(workers)
+    spec = REGISTRY["Pooling"]
+    try:
+        for shape, kernel, stride, pad in CASES + [((4, 3, 8, 8), (2, 2), (2, 2), (0, 0))]:
+            p = _params(method, kernel, stride, pad)
+            x0 = np.random.default_rng(14).normal(size=shape).astype(np.float32)
+            for x in (x0, _batch_last(x0)) if shape[0] > 1 else (x0,):
+                order = is_batch_last(x)
+                top = tuple(spec.infer(p, [shape], ntops)[0])
+                places = [np.full(top, np.nan, np.float32) for _ in range(ntops)]
+                places = [_batch_last(a) if order else a for a in places]
+                ctx = RunContext(NUMPY, "train", np.float32)
+                ctx.outputs = lambda i, batch_last: places[i]
+                room = Region(np.empty(spec.workspace_bytes(p, [shape], [top] * ntops, 4), np.uint8))
+                kept = ctx.kept_region = Region(np.empty(spec.kept_bytes(p, [shape], [top] * ntops, 4, True),
+                                                         np.uint8))
+                state = {"ntops": ntops}
+                with using_region(room):
+                    tops = spec.forward(p, [x], [], ctx, state)
+                ctx.outputs = ctx.kept_region = None
+                assert room.overflow_bytes == 0 and kept.overflow_bytes == 0, (shape, kernel, order)
+                assert all(np.shares_memory(t, place) for t, place in zip(tops, places))
+                dx_place = np.full(shape, np.nan, np.float32)
+                dx_place = _batch_last(dx_place) if order else dx_place
+                ctx.input_diffs = lambda i, batch_last: dx_place
+                room = Region(np.empty(spec.workspace_bytes(p, [shape], [top] * ntops, 4, backward=True),
+                                       np.uint8))
+                dy = np.ones(top, np.float32)
+                with using_region(room):
+                    (dx,), _ = spec.backward(p, [x], tops, [dy] + [None] * (ntops - 1), [], ctx, state, [True])
+                assert room.overflow_bytes == 0, (shape, kernel, order)
+                assert np.shares_memory(dx, dx_place) and not np.isnan(dx).any()
+    finally:
+        threads.set_workers(threads.os.cpu_count() or 1)
