@@ -5,11 +5,22 @@ EuclideanLoss:   loss = Σ (a − b)² / (2N).
 SigmoidCrossEntropyLoss: loss = −Σ [y log σ(x) + (1 − y) log(1 − σ(x))] / normalizer (default BATCH_SIZE).
 Accuracy: fraction of predictions whose label is among the top_k scores (ties count against).
 Labels arrive as float arrays holding integers; they get no gradient.
+
+Running. Results go straight into the executor's places (ctx.output, ctx.input_diff),
+partial results of an input's size into workspace() scratch, the probabilities and
+labels the backward reads into ctx.kept. A sum over such scratch adds in the order
+NumPy would have added the expression it replaces: the scratch takes the memory order
+NumPy gives that expression's result (netc.layers.memory_order).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from netc.errors import NetcError
 from netc.layers.base import canonical_axis, count, LayerType, Param, register, ShapeError
+from netc.layers.memory_order import (elementwise_order, input_diff_like, kept_like, output_like,
+                                      workspace_like)
+from netc.runtime.scratch import aligned, workspace
 
 _LOSS_PARAMS = (
     Param("ignore_label", "int", None, message="loss_param"),
@@ -48,13 +59,12 @@ def normalizer(xp, dtype, mode: str, outer: int, inner: int, valid_count):
     return dtype.type(max(1.0, value))
 
 
-def _softmax(xp, x, axis):
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def _softmax_backward(y, dy, axis):
-    return (dy - (dy * y).sum(axis=axis, keepdims=True)) * y
+def _softmax(xp, x, axis, out):
+    """out = e^(x − max) / Σ e^(x − max) along axis; out ordered as x (see the module's doc)."""
+    e = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+    xp.exp(e, out=e)
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
 
 
 def _labels(xp, labels, outer: int, inner: int):
@@ -83,6 +93,9 @@ class Softmax(LayerType):
     def backward_keeps(self, p):
         return (), (0,)
 
+    def workspace_bytes(self, p, bottoms, tops, dtype_bytes, backward=False):
+        return aligned(count(bottoms[0]) * dtype_bytes) if backward else 0     # ∂y·y
+
     def infer(self, p, bottoms, ntops):
         canonical_axis(p["axis"], bottoms[0])
         return [bottoms[0]]
@@ -90,12 +103,18 @@ class Softmax(LayerType):
     # y = e^(x − max) / Σ e^(x − max) along axis;  ∂x = (∂y − Σ ∂y·y)·y
     def forward(self, p, bottoms, weights, ctx, state):
         x = bottoms[0]
-        return [_softmax(ctx.xp, x, canonical_axis(p["axis"], x.shape))]
+        return [_softmax(ctx.xp, x, canonical_axis(p["axis"], x.shape), output_like(ctx, x))]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         if not need[0]:
             return [None], []
-        return [_softmax_backward(tops[0], top_diffs[0], canonical_axis(p["axis"], tops[0].shape))], []
+        xp, y, dy = ctx.xp, tops[0], top_diffs[0]
+        axis = canonical_axis(p["axis"], y.shape)
+        order = elementwise_order(dy, y)
+        dy_y = xp.multiply(dy, y, out=workspace_like(xp, y, "softmax_dy_y", batch_last=order))
+        dx = xp.subtract(dy, dy_y.sum(axis=axis, keepdims=True), out=input_diff_like(ctx, y, order))
+        dx *= y
+        return [dx], []
 
 
 @register
@@ -111,11 +130,10 @@ class SoftmaxWithLoss(LayerType):
         return (), ()
 
     def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
-        # the probabilities, the labels as int64 (8-byte aligned after them) and, with
-        # ignore_label, which labels count
+        # the probabilities, the labels as int64 and, with ignore_label, which labels count
         labels = count(bottoms[1])
-        valid = labels if p["ignore_label"] is not None else 0
-        return -(-count(bottoms[0]) * dtype_bytes // 8) * 8 + 8 * labels + valid
+        valid = aligned(labels) if p["ignore_label"] is not None else 0
+        return aligned(count(bottoms[0]) * dtype_bytes) + aligned(8 * labels) + valid
 
     def infer(self, p, bottoms, ntops):
         axis = canonical_axis(p["axis"], bottoms[0])
@@ -135,23 +153,28 @@ class SoftmaxWithLoss(LayerType):
             return [loss, prob]
         axis = canonical_axis(p["axis"], x.shape)
         outer, classes, inner = count(x.shape[:axis]), x.shape[axis], count(x.shape[axis + 1:])
-        prob = _softmax(xp, x, axis)
+        prob = _softmax(xp, x, axis, kept_like(ctx, x, "prob"))
+        # a view (a copy only for a batch-last input split elsewhere than at its channels)
         prob3 = prob.reshape(outer, classes, inner)
-        labels = _labels(xp, bottoms[1], outer, inner)
-        valid = labels != p["ignore_label"] if p["ignore_label"] is not None else None
-        safe = labels if valid is None else xp.where(valid, labels, 0)
-        if bool(xp.any((safe < 0) | (safe >= classes))):
-            bad = float(safe[(safe < 0) | (safe >= classes)][0])
+        labels = ctx.kept((outer, inner), xp.int64, "labels")
+        xp.copyto(labels, bottoms[1].reshape(outer, inner), casting="unsafe")   # C's truncation
+        valid = None
+        if p["ignore_label"] is not None:
+            valid = xp.not_equal(labels, p["ignore_label"], out=ctx.kept((outer, inner), bool, "valid"))
+            labels *= valid         # an ignored label reads class 0, and counts for nothing
+        if int(labels.min()) < 0 or int(labels.max()) >= classes:
+            bad = float(labels[(labels < 0) | (labels >= classes)][0])
             raise NetcError(f"a label is {bad:g}, outside the {classes} classes 0..{classes - 1}", None,
                             "check the labels of the data, or ignore a label value with ignore_label")
-        picked = xp.take_along_axis(prob3, safe[:, None, :], axis=1)[:, 0, :]
-        logs = xp.log(xp.maximum(picked, x.dtype.type(FLT_MIN)))
+        logs = xp.take_along_axis(prob3, labels[:, None, :], axis=1)[:, 0, :]
+        xp.maximum(logs, x.dtype.type(FLT_MIN), out=logs)
+        xp.log(logs, out=logs)
         if valid is not None:
             logs = xp.where(valid, logs, x.dtype.type(0))
         mode = normalization_mode(p)
         norm = normalizer(xp, x.dtype, mode, outer, inner,
                           valid.sum() if valid is not None and mode == "VALID" else None)
-        state.update(prob3=prob3, labels=safe, valid=valid, norm=norm)
+        state.update(prob=prob, labels=labels, valid=valid, norm=norm)
         loss = xp.asarray(-logs.sum() / norm, dtype=x.dtype)
         return [loss, prob]
 
@@ -163,14 +186,25 @@ class SoftmaxWithLoss(LayerType):
             from netc.runtime import cuda_kernels
             return [cuda_kernels.softmax_loss_backward(state["kernel_prob"], state["kernel_labels"], p,
                                                        top_diffs[0], launcher=ctx.backend.kernels), None], []
-        prob3, labels, valid = state["prob3"], state["labels"], state["valid"]
-        classes = prob3.shape[1]
-        onehot = xp.arange(classes)[None, :, None] == labels[:, None, :]
-        dx = prob3 - onehot.astype(prob3.dtype)
+        prob, labels, valid = state["prob"], state["labels"], state["valid"]
+        axis = canonical_axis(p["axis"], prob.shape)
+        outer, classes, inner = labels.shape[0], prob.shape[axis], labels.shape[1]
+        # ∂x = (p − onehot)·valid·scale: p·scale, the invalid columns zeroed (the sign of a
+        # product of a zero is that of the product of the other factors either way), then
+        # the labels' entries (p − 1)·valid·scale put in. Row-major, as (p − onehot) was.
+        scale = (top_diffs[0] / state["norm"]).astype(prob.dtype)
+        dx = input_diff_like(ctx, prob, False)
+        xp.multiply(prob, scale, out=dx)
+        dx3 = dx.reshape(outer, classes, inner)
+        at_labels = labels[:, None, :]
+        at_label = xp.take_along_axis(prob.reshape(outer, classes, inner), at_labels, axis=1)
+        at_label -= prob.dtype.type(1)
         if valid is not None:
-            dx = dx * valid[:, None, :].astype(prob3.dtype)
-        scale = (top_diffs[0] / state["norm"]).astype(prob3.dtype)
-        return [(dx * scale).reshape(bottoms[0].shape), None], []
+            dx3 *= valid[:, None, :]
+            at_label *= valid[:, None, :]
+        at_label *= scale
+        xp.put_along_axis(dx3, at_labels, at_label, axis=1)
+        return [dx, None], []
 
 
 @register
@@ -184,7 +218,10 @@ class EuclideanLoss(LayerType):
         return (), ()
 
     def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
-        return count(bottoms[0]) * dtype_bytes      # a − b
+        return aligned(count(bottoms[0]) * dtype_bytes)      # a − b
+
+    def workspace_bytes(self, p, bottoms, tops, dtype_bytes, backward=False):
+        return 0 if backward else aligned(count(bottoms[0]) * dtype_bytes)     # (a − b)²
 
     def infer(self, p, bottoms, ntops):
         a, b = bottoms
@@ -195,20 +232,28 @@ class EuclideanLoss(LayerType):
 
     # loss = Σ(a − b)²/(2N), N = a.shape[0];  ∂a = (a − b)·∂loss/N, ∂b = −(a − b)·∂loss/N
     def forward(self, p, bottoms, weights, ctx, state):
-        a, b = bottoms
-        diff = a - b.reshape(a.shape)
+        xp, a = ctx.xp, bottoms[0]
+        b = bottoms[1].reshape(a.shape)
+        diff = xp.subtract(a, b, out=kept_like(ctx, a, "diff", batch_last=elementwise_order(a, b)))
         state["diff"] = diff
+        squares = xp.multiply(diff, diff, out=workspace_like(xp, diff, "euclidean_squares"))
         n = a.dtype.type(a.shape[0])
-        return [ctx.xp.asarray((diff * diff).sum() / n / a.dtype.type(2), dtype=a.dtype)]
+        return [xp.asarray(squares.sum() / n / a.dtype.type(2), dtype=a.dtype)]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
-        diff = state["diff"]
+        xp, diff = ctx.xp, state["diff"]
         alpha = (top_diffs[0] / diff.dtype.type(bottoms[0].shape[0])).astype(diff.dtype)
         out = [None, None]
         if need[0]:
-            out[0] = diff * alpha
+            out[0] = xp.multiply(diff, alpha, out=input_diff_like(ctx, diff))
         if need[1]:
-            out[1] = (diff * -alpha).reshape(bottoms[1].shape)
+            b = bottoms[1]
+            if b.shape == diff.shape:
+                out[1] = xp.multiply(diff, -alpha, out=input_diff_like(ctx, diff, i=1))
+            else:   # row-major, as the reshape of the product was (a view of it, or a copy)
+                db = input_diff_like(ctx, b, False, i=1)
+                xp.multiply(diff, -alpha, out=db.reshape(diff.shape))
+                out[1] = db
         return out, []
 
 
@@ -227,6 +272,12 @@ class SigmoidCrossEntropyLoss(LayerType):
                              f"got {list(a)} and {list(b)}", bottom=1)
         return [()]
 
+    def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
+        return aligned(count(bottoms[0])) if p["ignore_label"] is not None else 0    # which targets count
+
+    def workspace_bytes(self, p, bottoms, tops, dtype_bytes, backward=False):
+        return 0 if backward else 2 * aligned(count(bottoms[0]) * dtype_bytes)   # the two halves of a term
+
     # Caffe's stable form: −Σ_valid [x(t − [x ≥ 0]) − log(1 + e^(x − 2x[x ≥ 0]))] / normalizer,
     # normalizer by `normalization` (default BATCH_SIZE here, as Caffe); targets equal to
     # ignore_label count for nothing. ∂x = (σ(x) − t)·valid · ∂loss/normalizer.
@@ -234,13 +285,29 @@ class SigmoidCrossEntropyLoss(LayerType):
         xp = ctx.xp
         x = bottoms[0]
         t = bottoms[1].reshape(x.shape)
-        one = x.dtype.type(1)
-        pos = (x >= 0).astype(x.dtype)
-        terms = x * (t - pos) - xp.log(one + xp.exp(x - x.dtype.type(2) * x * pos))
+        dt = x.dtype.type
+
+        order = elementwise_order(x, t)
+        terms = workspace_like(xp, x, "sce_terms", batch_last=order)
+        log_part = workspace_like(xp, x, "sce_log", batch_last=order)
         valid = None
         if p["ignore_label"] is not None:
-            valid = t.astype(xp.int64) != p["ignore_label"]
-            terms = xp.where(valid, terms, x.dtype.type(0))
+            # t.astype(int64) != ignore_label, without the int64 copy: C's cast truncates
+            ignored = xp.equal(xp.trunc(t, out=log_part), np.float64(p["ignore_label"]),
+                               out=kept_like(ctx, x, "valid", bool))
+        pos = xp.greater_equal(x, 0, out=terms)                 # (x ≥ 0) as 1.0 or 0.0
+        xp.multiply(x, dt(2), out=log_part)
+        log_part *= pos
+        xp.subtract(x, log_part, out=log_part)
+        xp.exp(log_part, out=log_part)
+        xp.add(dt(1), log_part, out=log_part)
+        xp.log(log_part, out=log_part)                          # log(1 + e^(x − 2x[x ≥ 0]))
+        xp.subtract(t, pos, out=terms)
+        terms *= x
+        terms -= log_part                                       # x(t − [x ≥ 0]) − log(...)
+        if p["ignore_label"] is not None:
+            xp.copyto(terms, dt(0), where=ignored)
+            valid = xp.logical_not(ignored, out=ignored)
         mode = normalization_mode(p, "BATCH_SIZE")
         outer = x.shape[0] if x.ndim else 1
         norm = normalizer(xp, x.dtype, mode, outer, x.size // max(outer, 1),
@@ -251,13 +318,18 @@ class SigmoidCrossEntropyLoss(LayerType):
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         if not need[0]:
             return [None, None], []
-        x = bottoms[0]
+        xp, x = ctx.xp, bottoms[0]
+        t = bottoms[1].reshape(x.shape)
         half = x.dtype.type(0.5)
-        sigmoid = ctx.xp.tanh(x * half) * half + half
-        dx = sigmoid - bottoms[1].reshape(x.shape)
+        dx = xp.multiply(x, half, out=input_diff_like(ctx, x, elementwise_order(x, t)))
+        xp.tanh(dx, out=dx)
+        dx *= half
+        dx += half                                  # σ(x)
+        dx -= t
         if state["valid"] is not None:
-            dx = dx * state["valid"].astype(x.dtype)
-        return [dx * (top_diffs[0] / state["norm"]).astype(x.dtype), None], []
+            dx *= state["valid"]
+        dx *= (top_diffs[0] / state["norm"]).astype(x.dtype)
+        return [dx, None], []
 
 
 @register
@@ -272,6 +344,9 @@ class Accuracy(LayerType):
     message = "accuracy_param"
     min_bottoms = max_bottoms = 2
     num_tops = (1, 2)   # the second top is the per-class accuracy
+
+    def workspace_bytes(self, p, bottoms, tops, dtype_bytes, backward=False):
+        return 0 if backward else aligned(count(bottoms[0]))     # which scores reach the label's
 
     def infer(self, p, bottoms, ntops):
         axis = canonical_axis(p["axis"], bottoms[0])
@@ -296,16 +371,20 @@ class Accuracy(LayerType):
             xp.ones(labels.shape, dtype=bool)
         safe = xp.where(valid, labels, 0)
         true_score = xp.take_along_axis(scores, safe[:, None, :], axis=1)      # [outer, 1, inner]
-        at_least = (scores >= true_score).sum(axis=1)                          # includes itself
+        reaching = xp.greater_equal(scores, true_score,
+                                    out=workspace(xp, scores.shape, bool, "accuracy_reaching"))
+        at_least = reaching.sum(axis=1)                                        # includes itself
         right = valid & (at_least <= p["top_k"])
         dtype = x.dtype
         total = valid.sum()
         accuracy = xp.where(total > 0, right.sum().astype(dtype) / xp.maximum(total, 1).astype(dtype),
                             dtype.type(0))
         tops = [xp.asarray(accuracy, dtype=dtype)]
-        onehot = (safe[..., None] == xp.arange(classes)) & valid[..., None]   # [outer, inner, C]
-        per_count = onehot.sum(axis=(0, 1))
-        per_right = (onehot & right[..., None]).sum(axis=(0, 1))
+        # the labels counted (and those right) per class; a negative label is no class's
+        counted = safe[valid]
+        counted_right = safe[right]
+        per_count = xp.bincount(counted[counted >= 0], minlength=classes)
+        per_right = xp.bincount(counted_right[counted_right >= 0], minlength=classes)
         per_class = xp.where(per_count > 0, per_right.astype(dtype) / xp.maximum(per_count, 1).astype(dtype),
                              dtype.type(0))
         tops.append(per_class.astype(dtype))

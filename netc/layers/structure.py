@@ -1,10 +1,17 @@
 """Layers that move data without arithmetic on it (and Eltwise, which combines equal shapes):
-Concat, Slice, Split, Flatten, Reshape, Eltwise."""
+Concat, Slice, Split, Flatten, Reshape, Eltwise.
+
+Running. What a layer makes goes straight into the executor's places (ctx.output,
+ctx.input_diff); what it passes on unchanged is returned as a view of its input, which
+the executor places with a plain copy where it must. Partial results (Eltwise's
+scaled terms and products, its masks) live in workspace() scratch.
+"""
 from __future__ import annotations
 
 from netc.layers.base import canonical_axis, count, LayerType, Param, ParamError, register, ShapeError
-from netc.layers.memory_order import as_blob, batch_last, is_batch_last, to_batch_last
-
+from netc.layers.memory_order import (as_blob, batch_last, elementwise_order, input_diff_like, is_batch_last,
+                                      kept_like, output_like, to_batch_last, workspace_like)
+from netc.runtime.scratch import aligned
 
 
 @register
@@ -46,10 +53,17 @@ class Concat(LayerType):
         axis = canonical_axis(p["axis"], bottoms[0].shape)
         if axis == 1 and any(is_batch_last(b) for b in bottoms):
             # channels are the outer axis of batch-last memory: each input is one block
-            # (netc.layers.memory_order); inputs in the other order are transposed once
+            # (netc.layers.memory_order); an input in the other order is transposed into its block
             out = ctx.output(0, True)
-            target = None if out is None else batch_last(out)
-            return [as_blob(xp.concatenate([to_batch_last(xp, b) for b in bottoms], axis=0, out=target))]
+            if out is None:
+                return [as_blob(xp.concatenate([to_batch_last(xp, b) for b in bottoms], axis=0))]
+            target, start = batch_last(out), 0
+            for b in bottoms:
+                ordered = batch_last(b)
+                block = target[start:start + b.shape[1]]
+                xp.copyto(block, ordered if ordered is not None else b.transpose(1, 2, 3, 0))
+                start += b.shape[1]
+            return [out]
         return [xp.concatenate(bottoms, axis=axis, out=ctx.output(0, False))]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
@@ -117,7 +131,7 @@ class Slice(LayerType):
         if not need[0]:
             return [None], []
         axis = canonical_axis(p["axis"], bottoms[0].shape)
-        return [ctx.xp.concatenate(top_diffs, axis=axis)], []
+        return [ctx.xp.concatenate(top_diffs, axis=axis, out=ctx.input_diff(0, False))], []
 
 
 @register
@@ -142,30 +156,47 @@ class Split(LayerType):
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         if not need[0]:
             return [None], []
-        total = top_diffs[0]
-        for d in top_diffs[1:]:
-            total = total + d
+        if len(top_diffs) == 1:
+            return [top_diffs[0]], []
+        total = ctx.xp.add(top_diffs[0], top_diffs[1],
+                           out=input_diff_like(ctx, top_diffs[0], elementwise_order(*top_diffs)))
+        for d in top_diffs[2:]:
+            total += d
         return [total], []
+
+
+def _reshaped(a, shape):
+    """a with `shape`: a view of a's memory wherever the batch axis stays first. A blob
+    ordered batch-last (netc.layers.memory_order) is memory (..., N), C-contiguous: any
+    new shape of the axes after the batch is a view of it, kept batch-last (for the
+    usual Flatten before InnerProduct, the (N, C·H·W) matrix whose transpose is
+    contiguous). Another reshape of such a blob is a copy."""
+    if a.flags.c_contiguous or a.ndim < 2 or shape[0] != a.shape[0]:
+        return a.reshape(shape)
+    moved = a.transpose(tuple(range(1, a.ndim)) + (0,))
+    if not moved.flags.c_contiguous:
+        return a.reshape(shape)
+    view = moved.reshape(tuple(shape[1:]) + (shape[0],))
+    return view.transpose((view.ndim - 1,) + tuple(range(view.ndim - 1)))
 
 
 class _ViewOfInput(LayerType):
     """A layer whose output is its input with another shape (its own shape rule):
-    the same values, so the gradient is the output's gradient reshaped back."""
+    the same values, so the gradient is the output's gradient reshaped back. The
+    output shares the input's memory where the batch axis stays first (see _reshaped):
+    a copy into that memory would overwrite an input whose memory order differs."""
 
     def backward_keeps(self, p):
         return (), ()       # the backward needs only the shapes
 
-    def output_is_view(self, p):
-        return True
-
     def forward(self, p, bottoms, weights, ctx, state):
         x = bottoms[0]
-        return [x.reshape(self.infer(p, [tuple(x.shape)], 1)[0])]
+        return [_reshaped(x, self.infer(p, [tuple(x.shape)], 1)[0])]
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         if not need[0]:
             return [None], []
-        return [top_diffs[0].reshape(bottoms[0].shape)], []
+        return [_reshaped(top_diffs[0], bottoms[0].shape)], []
 
 
 @register
@@ -174,6 +205,9 @@ class Flatten(_ViewOfInput):
     summary = "folds axes axis..end_axis into one"
     params = (Param("axis", "int", 1), Param("end_axis", "int", -1))
     message = "flatten_param"
+
+    def output_is_view(self, p):
+        return p["axis"] >= 1          # the batch axis stays first (a negative axis may fold it)
 
     def infer(self, p, bottoms, ntops):
         shape = bottoms[0]
@@ -200,6 +234,11 @@ class Reshape(_ViewOfInput):
         if p["num_axes"] < -1:
             raise ParamError("num_axes must be -1 or more", param="num_axes")
         return p
+
+    def output_is_view(self, p):
+        # the batch axis stays first: the replaced axes begin after it, or the first
+        # given dimension copies it (0); elsewhere the shapes alone would tell
+        return p["axis"] >= 1 or (p["axis"] == 0 and p["shape"][:1] == (0,))
 
     def infer(self, p, bottoms, ntops):
         shape = bottoms[0]
@@ -249,7 +288,19 @@ class Eltwise(LayerType):
         return ((), ()) if p["operation"] != "PROD" else (None, (0,))
 
     def kept_bytes(self, p, bottoms, tops, dtype_bytes, train):
-        return 4 * count(tops[0]) if p["operation"] == "MAX" else 0
+        return aligned(4 * count(tops[0])) if p["operation"] == "MAX" else 0    # the winners (int32)
+
+    def workspace_bytes(self, p, bottoms, tops, dtype_bytes, backward=False):
+        values, flags = aligned(count(tops[0]) * dtype_bytes), aligned(count(tops[0]))
+        op = p["operation"]
+        if op == "MAX":
+            return flags                # where an input wins (forward), where it won (backward)
+        if op == "SUM":                 # a scaled term (the first is scaled in the output)
+            return values if not backward and any(c != 1.0 for c in p["coeff"][1:]) else 0
+        if not backward:
+            return 0
+        # PROD: the product of the other inputs (one other: that input), or y/xᵢ
+        return values if len(bottoms) > 2 or not p["stable_prod_grad"] else 0
 
     def infer(self, p, bottoms, ntops):
         if p["coeff"]:
@@ -269,26 +320,37 @@ class Eltwise(LayerType):
     # bottom must be strictly greater to win; the gradient goes to the winner only.
     def forward(self, p, bottoms, weights, ctx, state):
         xp, op = ctx.xp, p["operation"]
+        a, b = bottoms[0], bottoms[1]
+        y = output_like(ctx, a, elementwise_order(*bottoms))
         if op == "SUM":
             coeff = p["coeff"] or (1.0,) * len(bottoms)
-            y = None
-            for x, c in zip(bottoms, coeff):
-                term = x if c == 1.0 else x * x.dtype.type(c)
-                y = term if y is None else y + term
+
+            def term(i, room=None):
+                """cᵢxᵢ, made in `room` (default: scratch), or xᵢ itself where cᵢ = 1"""
+                x, c = bottoms[i], coeff[i]
+                if c == 1.0:
+                    return x
+                return xp.multiply(x, x.dtype.type(c), out=workspace_like(xp, x, "eltwise_term")
+                                   if room is None else room)
+            # y = t₀ + t₁ + ..., added in that order
+            xp.add(term(0, y), term(1), out=y)
+            for i in range(2, len(bottoms)):
+                y += term(i)
             return [y]
         if op == "PROD":
-            y = bottoms[0]
-            for x in bottoms[1:]:
-                y = y * x
+            xp.multiply(a, b, out=y)
+            for x in bottoms[2:]:
+                y *= x
             return [y]
-        a, b = bottoms[0], bottoms[1]
-        first = a > b
-        y = xp.where(first, a, b)
-        winner = xp.where(first, 0, 1).astype(xp.int32)
+        # y = where(a > b, a, b), then where(x > y, x, y) for each further input x
+        wins = xp.greater(a, b, out=workspace_like(xp, a, "eltwise_wins", bool))
+        xp.copyto(y, b)
+        xp.copyto(y, a, where=wins)
+        winner = xp.logical_not(wins, out=kept_like(ctx, y, "winner", xp.int32))   # 0 where a won, else 1
         for i, x in enumerate(bottoms[2:], start=2):
-            better = x > y
-            y = xp.where(better, x, y)
-            winner = xp.where(better, xp.int32(i), winner)
+            wins = xp.greater(x, y, out=wins)
+            xp.copyto(y, x, where=wins)
+            xp.copyto(winner, xp.int32(i), where=wins)
         state["winner"] = winner
         return [y]
 
@@ -298,20 +360,32 @@ class Eltwise(LayerType):
         for i, x in enumerate(bottoms):
             if not need[i]:
                 out.append(None)
-            elif op == "SUM":
+                continue
+            if op == "SUM":
                 c = p["coeff"][i] if p["coeff"] else 1.0
-                out.append(dy if c == 1.0 else dy * dy.dtype.type(c))
+                out.append(dy if c == 1.0 else
+                           xp.multiply(dy, dy.dtype.type(c), out=input_diff_like(ctx, dy, i=i)))
             elif op == "PROD":
                 if p["stable_prod_grad"]:
-                    others = None
-                    for j, z in enumerate(bottoms):
-                        if j != i:
-                            others = z if others is None else others * z
-                    out.append(dy * others)
+                    factors = [z for j, z in enumerate(bottoms) if j != i]
+                    product = factors[0]
+                    if len(factors) > 1:     # Π_{j≠i} xⱼ, multiplied in order
+                        product = xp.multiply(factors[0], factors[1],
+                                              out=workspace_like(xp, x, "eltwise_others"))
+                        for z in factors[2:]:
+                            product *= z
                 else:
-                    out.append(dy * (tops[0] / x))
-            else:
-                out.append(xp.where(state["winner"] == i, dy, dy.dtype.type(0)))
+                    factors = [tops[0], x]
+                    product = xp.divide(tops[0], x, out=workspace_like(xp, x, "eltwise_others"))
+                dx = input_diff_like(ctx, dy, elementwise_order(dy, *factors), i)
+                out.append(xp.multiply(dy, product, out=dx))
+            else:       # where(winner == i, dy, 0)
+                winner = state["winner"]
+                won = xp.equal(winner, i, out=workspace_like(xp, dy, "eltwise_wins", bool))
+                dx = input_diff_like(ctx, dy, elementwise_order(dy, winner), i)
+                dx.fill(0)
+                xp.copyto(dx, dy, where=won)
+                out.append(dx)
         return out, []
 
 
@@ -336,4 +410,12 @@ class Silence(LayerType):
 
     def backward(self, p, bottoms, tops, top_diffs, weights, ctx, state, need):
         # Caffe's Silence sends zero gradients
-        return [ctx.xp.zeros_like(b) if n else None for b, n in zip(bottoms, need)], []
+        out = []
+        for i, (b, wanted) in enumerate(zip(bottoms, need)):
+            dx = ctx.input_diff(i, is_batch_last(b)) if wanted else None
+            if dx is not None:
+                dx.fill(0)
+            elif wanted:
+                dx = ctx.xp.zeros_like(b)
+            out.append(dx)
+        return out, []

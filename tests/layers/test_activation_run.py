@@ -137,6 +137,25 @@ def test_dropout_keeps_float32(tmp_path):
     assert set(np.unique(blobs["d"])) <= {0.0, 2.0}
 
 
+@pytest.mark.parametrize("shape,batch_last", [((3, 70000), False), ((4, 3, 5, 7), False), ((4, 3, 5, 7), True)])
+def test_dropout_draws_as_one_array_of_the_blobs_shape(shape, batch_last):
+    """The mask is drawn a chunk at a time, and for a batch-last input kept in its memory
+    order, yet the units kept are those of rng.random(shape) ≥ ratio, element for element."""
+    from netc.layers import REGISTRY
+    from netc.layers.memory_order import as_blob, is_batch_last
+    from netc.runtime.backend import NUMPY, RunContext
+
+    spec = REGISTRY["Dropout"]
+    x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    if batch_last:
+        x = as_blob(np.ascontiguousarray(x.transpose(1, 2, 3, 0)))
+        assert is_batch_last(x)
+    y = spec.forward({"dropout_ratio": 0.3}, [x], [], RunContext(NUMPY, "train", np.float32,
+                                                               np.random.default_rng(9)), {})[0]
+    keep = np.random.default_rng(9).random(shape) >= 0.3
+    np.testing.assert_array_equal(y, x * (keep.astype(np.float32) * np.float32(1 / 0.7)))
+
+
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
 @pytest.mark.parametrize("in_place", [False, True])
 def test_gradcheck_dropout(tmp_path, ratio, in_place):

@@ -152,6 +152,32 @@ def test_inputs_are_not_modified(tmp_path):
     np.testing.assert_array_equal(np.array(ex.blobs["n"]), n0)
 
 
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (2, 3, 70, 130)])
+def test_window_sums_whatever_the_memory_order_and_run_length(region, shape):
+    """The window sums shift runs of memory: short runs as one (the planes' edges put
+    back), long ones per plane, batch-last memory in its own order. Each gives the
+    loops' values, and both memory orders the same numbers, forward and backward."""
+    from netc.layers import REGISTRY
+    from netc.layers.memory_order import as_blob
+    from netc.runtime.backend import NUMPY, RunContext
+
+    spec = REGISTRY["LRN"]
+    p = spec.normalize(dict(local_size=5, alpha=2.0, beta=0.75, k=1.5, norm_region=region))
+    x = scaled_input(shape, 11)
+    dy = np.random.default_rng(12).normal(size=shape)
+    results = []
+    for memory in (x, as_blob(np.ascontiguousarray(x.transpose(1, 2, 3, 0)))):
+        ctx, state = RunContext(NUMPY, "train", np.float64), {}
+        y = spec.forward(p, [memory], [], ctx, state)[0]
+        (dx,), _ = spec.backward(p, [memory], [y], [dy], [], ctx, state, [True])
+        results.append((np.array(y), np.array(dx)))
+    want = lrn_across(x, 5, 2.0, 0.75, 1.5) if region == "ACROSS_CHANNELS" else lrn_within(x, 5, 2.0, 0.75)
+    np.testing.assert_allclose(results[0][0], want, rtol=1e-12)
+    for got, other in zip(results[0], results[1]):
+        np.testing.assert_array_equal(got, other)
+
+
 @pytest.mark.optional
 @pytest.mark.parametrize("case", ACROSS)
 def test_across_matches_torch(tmp_path, case):
