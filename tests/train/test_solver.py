@@ -1,10 +1,12 @@
 """Caffe's solvers: every lr policy and update rule against its formula written out
 here in plain Python floats, the order clip → normalize → regularize → update,
-shared and frozen blobs, snapshots of the history, and the settings a user can
-get wrong."""
+shared and frozen blobs, snapshots of the history, steps that allocate nothing the
+size of a blob (long blobs updated slice by slice, bit for bit as whole), and the
+settings a user can get wrong."""
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ from netc.errors import NetcError, Span
 from netc.ir import Layer, Net, ParamSpec, SolverSpec, frozen
 from netc.lang.parser import parse_text
 from netc.passes.expand import expand
-from netc.train.solver import Solver, learning_rate, solver_settings
+from netc.train import solver as solver_module
+from netc.train.solver import Solver, learning_rate, scratch_bytes, solver_settings
 
 
 def layer(name, type="InnerProduct", specs=()):
@@ -375,6 +378,163 @@ def test_with_the_executors_gradients_of_a_compiled_net(tmp_path):
     for name, i in [("bn", 0), ("bn", 1), ("bn", 2), ("frozen", 0)]:
         np.testing.assert_array_equal(weights[name][i], before[name][i])
     assert sorted(solver.state()) == ["frozen/1/velocity", "left/0/velocity", "left/1/velocity"]
+
+
+# ---------------------------------------------------------------------------
+# No allocation inside the training loop
+# ---------------------------------------------------------------------------
+
+STEADY_VARIANTS = {
+    "L2": dict(weight_decay=5e-4),
+    "L1": dict(weight_decay=5e-4, regularization_type="L1"),
+    "clipped": dict(clip_gradients=1.0),        # the gradients' norm is some hundreds
+}
+
+
+def traced_steps(solver, grads, iterations):
+    """Per step, the tracemalloc peak beyond what was allocated when it began, and
+    what it left allocated."""
+    peaks, kept = [], []
+    tracemalloc.start()
+    try:
+        for it in range(iterations):
+            tracemalloc.reset_peak()
+            began = tracemalloc.get_traced_memory()[0]
+            solver.step(grads, it)
+            current, peak = tracemalloc.get_traced_memory()
+            peaks.append(peak - began)
+            kept.append(current - began)
+    finally:
+        tracemalloc.stop()
+    return peaks, kept
+
+
+@pytest.mark.parametrize("slice_elements", [None, 4096], ids=["whole", "sliced"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", STEADY_VARIANTS)
+@pytest.mark.parametrize("rule", RULES)
+def test_steps_after_the_first_allocate_nothing_blob_sized(rule, variant, dtype, slice_elements, monkeypatch):
+    # Three blobs of 256 KiB and a small one: one temporary of a blob's size would
+    # peak at 256 KiB, four times the bound. With SLICE at 4096 elements they are
+    # updated in 16 or 32 slices.
+    if slice_elements:
+        monkeypatch.setattr(solver_module, "SLICE", slice_elements)
+    shapes = [(256, 1024 // np.dtype(dtype).itemsize), (64, 64, 64 // np.dtype(dtype).itemsize),
+              (256 * 1024 // np.dtype(dtype).itemsize,), (10,)]
+    net = make_net(layer("ip1", specs=[ParamSpec(), ParamSpec(lr_mult=2.0, decay_mult=0.0)]),
+                   layer("ip2", specs=[ParamSpec(), ParamSpec(lr_mult=2.0, decay_mult=0.0)]))
+    rng = np.random.default_rng(3)
+    blobs = [rng.normal(size=shape).astype(dtype) for shape in shapes]
+    blobs[0][0, :8] = 0.0                       # sign(0) under L1
+    weights = {"ip1": blobs[:2], "ip2": blobs[2:]}
+    grads = {"ip1": [rng.normal(size=s).astype(dtype) for s in shapes[:2]],
+             "ip2": [rng.normal(size=s).astype(dtype) for s in shapes[2:]]}
+    before = {name: [g.copy() for g in arrays] for name, arrays in grads.items()}
+    fields = dict(RULES[rule][1], base_lr=0.01, **STEADY_VARIANTS[variant])
+    solver = Solver(spec(rule, **fields), net, weights)
+    peaks, _ = traced_steps(solver, grads, 4)
+    assert max(peaks[1:]) < 64 * 1024, peaks
+    for name in grads:                          # the caller's gradients are left alone
+        for g, kept in zip(grads[name], before[name]):
+            np.testing.assert_array_equal(g, kept)
+    assert all(np.isfinite(a).all() for a in blobs)
+
+
+# Blobs longer than a slice of 256 elements (one of 11 slices, one of 2 with a short
+# last slice, one a slice and one element long), one exactly a slice, a short one.
+SLICED_SHAPES = [(40, 70), (300,), (257,), (256,), (5, 7)]
+SLICED_VARIANTS = dict(VARIANTS, plain=("L2", 0.0, -1.0, 1))
+
+
+def steps_with_slice(monkeypatch, slice_elements, rule, variant, dtype, order="C"):
+    """Weights and history after 4 steps on SLICED_SHAPES, with SLICE as given."""
+    monkeypatch.setattr(solver_module, "SLICE", slice_elements)
+    reg, wd, clip, iter_size = SLICED_VARIANTS[variant]
+    fields = dict(base_lr=0.1, lr_policy="step", gamma=0.5, stepsize=2, regularization_type=reg,
+                  weight_decay=wd, clip_gradients=clip, iter_size=iter_size, **RULES[rule][1])
+    mults = [(1.0, 1.0), (2.0, 0.0), (0.5, 2.0), (1.0, 1.0), (1.0, 1.0)]
+    net = make_net(*(layer(f"ip{i}", specs=[ParamSpec(lr_mult=lr, decay_mult=decay)])
+                     for i, (lr, decay) in enumerate(mults)))
+    rng = np.random.default_rng(5)
+    weights = {f"ip{i}": [np.asarray(rng.normal(size=shape), dtype, order=order)]
+               for i, shape in enumerate(SLICED_SHAPES)}
+    weights["ip0"][0][0, :3] = 0.0              # sign(0) under L1
+    solver = Solver(spec(rule, **fields), net, weights)
+    for it in range(4):
+        # the norm is some 70 per step: clip 4 rescales
+        solver.step({f"ip{i}": [rng.normal(scale=0.5, size=shape).astype(dtype)]
+                     for i, shape in enumerate(SLICED_SHAPES)}, it)
+    return weights, solver.state()
+
+
+def assert_same_bits(got, expected):
+    weights, state = got
+    weights_expected, state_expected = expected
+    for name in weights_expected:
+        assert weights[name][0].dtype == weights_expected[name][0].dtype
+        assert weights[name][0].tobytes() == weights_expected[name][0].tobytes(), name
+    assert state.keys() == state_expected.keys()
+    for name in state_expected:
+        assert state[name].tobytes() == state_expected[name].tobytes(), name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", SLICED_VARIANTS)
+@pytest.mark.parametrize("rule", RULES)
+def test_slices_update_bit_for_bit_as_whole_blobs(rule, variant, dtype, monkeypatch):
+    # Every rule is elementwise, and the clip norm's sums of squares are split where
+    # NumPy's pairwise sum splits the whole gradient: slicing changes no bit.
+    whole = steps_with_slice(monkeypatch, 1 << 30, rule, variant, dtype)
+    assert_same_bits(steps_with_slice(monkeypatch, 256, rule, variant, dtype), whole)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_strided_weights_longer_than_a_slice_are_updated_whole(rule, monkeypatch):
+    # A Fortran-ordered weight has no flat view: reshape(-1) would copy it and the
+    # update would be lost; it is updated whole, in the same arithmetic.
+    contiguous = steps_with_slice(monkeypatch, 256, rule, "L1-clipped", np.float32)
+    strided = steps_with_slice(monkeypatch, 256, rule, "L1-clipped", np.float32, order="F")
+    assert strided[0]["ip0"][0].flags.f_contiguous and not strided[0]["ip0"][0].flags.c_contiguous
+    assert_same_bits(strided, contiguous)
+
+
+SCRATCH_NET = """\
+input data [2, 3, 8, 8]
+input target [2, 5]
+conv: Convolution(data, 4, kernel=3, weight=xavier, decay_mult=[DECAY, 0])
+bn: BatchNorm()
+ip: InnerProduct(5, weight=xavier, lr_mult=[0, 1], decay_mult=[1, DECAY])
+e: EuclideanLoss(ip, target)
+solver SOLVER(base_lr=0.01, weight_decay=WD)
+"""
+
+
+@pytest.mark.parametrize("slice_elements, elements", [(None, 108), (64, 64)], ids=["whole", "sliced"])
+@pytest.mark.parametrize("solver_type, weight_decay, decay_mult, arrays", [
+    ("SGD", 0.0, 1, 1), ("SGD", 5e-4, 1, 2), ("SGD", 5e-4, 0, 1), ("Nesterov", 0.0, 1, 2),
+    ("AdaDelta", 5e-4, 1, 3), ("Adam", 5e-4, 1, 2)])
+def test_scratch_bytes_is_what_the_first_step_keeps_beside_the_history(tmp_path, monkeypatch, solver_type,
+                                                                         weight_decay, decay_mult, arrays,
+                                                                         slice_elements, elements):
+    from netc.compile import compile_net
+    from netc.runtime.weights import init_weights
+    if slice_elements:
+        monkeypatch.setattr(solver_module, "SLICE", slice_elements)
+    path = tmp_path / "n.net"
+    path.write_text(SCRATCH_NET.replace("SOLVER", solver_type).replace("WD", str(weight_decay))
+                    .replace("DECAY", str(decay_mult)))
+    net = compile_net(str(path), phase="train")
+    # the frozen ip weight (5×144) is the largest blob, BatchNorm's statistics are not
+    # learned: the scratch is sized by the conv weight (4×3×3×3), or by a shorter SLICE
+    assert scratch_bytes(net, 8) == arrays * elements * 8
+    weights = init_weights(net, seed=0, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    grads = {name: [rng.normal(size=a.shape) for a in blobs] for name, blobs in weights.items()}
+    solver = Solver(net.solver, net, weights)
+    _, kept = traced_steps(solver, grads, 2)
+    history = sum(a.nbytes for a in solver.state().values())
+    assert 0 <= kept[0] - history - scratch_bytes(net, 8) < 2048      # and some Python objects
+    assert kept[1] < 1024
 
 
 # ---------------------------------------------------------------------------
