@@ -54,20 +54,11 @@ def to_batch_last(xp, a, out=None):
     return out
 
 
-def in_order_of(xp, a, like):
-    """a (a blob of like's shape) in the memory order of `like`: a itself when it
-    already is, else a copy. For a backward whose gradient came in another order than
-    the input it reads alongside it."""
-    if is_batch_last(like):
-        return a if is_batch_last(a) else as_blob(to_batch_last(xp, a))
-    return a if a.flags.c_contiguous else xp.ascontiguousarray(a)
-
-
 # --- places in a memory order (the executor's places, scratch, new arrays) -----------
 
 def elementwise_order(*blobs) -> bool:
     """Whether NumPy orders an elementwise result of these blobs (of one shape)
-    batch-last: only where every one is (netc.layers.memory_order); a broadcast operand,
+    batch-last: only where every one is; a broadcast operand,
     a keepdims sum, does not count. The layers make each result in the order the NumPy
     expression it replaces gave it: a sum over a blob adds in the order of its memory,
     so the order reaches the numbers downstream."""

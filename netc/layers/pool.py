@@ -573,14 +573,6 @@ class Pooling(LayerType):
         return [y, mask]
 
     @staticmethod
-    def _argmax(xp, x, y, kernel, stride, pad, out, axes=NCHW):
-        """Per output pixel of the maxima y, the window offset i·kw + j of the first
-        maximum of x in Caffe's scan: a new int32 array (what the fast paths are checked
-        against)."""
-        buf = _padded(xp, x, -xp.inf, kernel, stride, pad, out, axes)
-        return _argmax_scan(xp, buf, y, kernel, stride, out, axes, xp.empty(y.shape, dtype=xp.int32))
-
-    @staticmethod
     def _in_order(x):
         """The array to pool for blob x, its spatial axes, and how to turn an array in
         that order back into a blob: x itself, or the (C, H, W, N) array behind it."""

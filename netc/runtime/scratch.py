@@ -29,7 +29,7 @@ import numpy
 
 # Beyond this size a piece outside a region is a fresh array, given back after use,
 # rather than a buffer kept for the thread.
-_KEPT_SLOT_MAX_BYTES = 512 << 20
+_SLOT_MAX_BYTES = 512 << 20
 _ALIGNMENT = 64
 
 _local = threading.local()
@@ -107,7 +107,7 @@ def workspace(xp, shape, dtype, slot: str = "col"):
         memory = region.take(nbytes, slot)
         if memory is not None:
             return memory.view(dtype).reshape(shape)
-    if xp is not numpy or nbytes > _KEPT_SLOT_MAX_BYTES:
+    if xp is not numpy or nbytes > _SLOT_MAX_BYTES:
         return xp.empty(shape, dtype=dtype)
     buffers = getattr(_local, "buffers", None)
     if buffers is None:

@@ -30,7 +30,8 @@ def general_max_backward(x, y, dy, kernel, stride):
     """The general path: Caffe's arg-max scan, then the scatter over window offsets."""
     spec = REGISTRY["Pooling"]
     out = y.shape[2:]
-    arg = spec._argmax(np, x, y, kernel, stride, (0, 0), out)
+    buf = pool._padded(np, x, -np.inf, kernel, stride, (0, 0), out, pool.NCHW)
+    arg = pool._argmax_scan(np, buf, y, kernel, stride, out, pool.NCHW, np.empty(y.shape, dtype=np.int32))
     p = pool_params(kernel, stride)
     (dx,), _ = spec.backward(p, [x], [y], [dy], [], RunContext(NUMPY, "train", x.dtype), {"argmax": arg}, [True])
     return dx

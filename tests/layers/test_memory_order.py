@@ -16,7 +16,7 @@ from gradcheck import build_executor, gradcheck  # noqa: E402
 from test_conv_run import naive_conv  # noqa: E402
 
 from netc.layers import REGISTRY  # noqa: E402
-from netc.layers.memory_order import as_blob, batch_last, in_order_of, to_batch_last  # noqa: E402
+from netc.layers.memory_order import as_blob, batch_last, to_batch_last  # noqa: E402
 from netc.runtime.backend import NUMPY, RunContext  # noqa: E402
 
 
@@ -39,10 +39,6 @@ def test_batch_last_is_told_by_the_memory_order():
     # conversions: a copy only where the order differs
     assert np.shares_memory(to_batch_last(np, xb), xb)
     np.testing.assert_array_equal(to_batch_last(np, x), t)
-    assert in_order_of(np, xb, like=xb) is xb
-    np.testing.assert_array_equal(in_order_of(np, xb, like=x), x)
-    assert in_order_of(np, xb, like=x).flags.c_contiguous
-    assert batch_last(in_order_of(np, x, like=xb)) is not None
 
 
 def run_layer(type_name, params, bottoms, weights, dys, dtype=np.float64, ntops=1):
