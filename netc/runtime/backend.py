@@ -11,7 +11,6 @@ may bind hand-written kernels (netc.runtime.cuda_kernels) when `ctx.xp` is cupy.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -203,11 +202,8 @@ class RunContext:
         a scale), in the room the plan gave the layer for it, else a new one. Put it in
         `state` under `slot`."""
         region = self.kept_region
-        memory = None if region is None else region.take(
-            np.dtype(dtype).itemsize * math.prod(shape), kept_slot(slot))
-        if memory is None:
-            return self.xp.empty(shape, dtype=dtype)
-        return memory.view(dtype).reshape(shape)
+        array = None if region is None else region.array(shape, dtype, kept_slot(slot))
+        return self.xp.empty(shape, dtype=dtype) if array is None else array
 
     @property
     def train(self) -> bool:

@@ -325,9 +325,8 @@ class Executor:
             if (not hasattr(array, "dtype") or not hasattr(array, "strides") or array.ndim == 0
                     or region.holds(array)):
                 continue
-            memory = region.take(array.nbytes, kept_slot(key))
-            if memory is not None:
-                kept = memory.view(array.dtype).reshape(array.shape)
+            kept = region.array(array.shape, array.dtype, kept_slot(key))
+            if kept is not None:
                 kept[...] = array
                 state[key] = kept
         self._count_unplanned(f"{layer} kept", region)

@@ -66,6 +66,14 @@ class Region:
             self._pieces[key] = (start, nbytes)
             return self.memory[start:start + nbytes]
 
+    def array(self, shape, dtype, slot: str):
+        """An uninitialised array of `shape` and `dtype` in the piece for `slot` (see
+        take), or None where it does not fit."""
+        dtype = numpy.dtype(dtype)
+        shape = tuple(int(d) for d in shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+        memory = self.take(dtype.itemsize * math.prod(shape), slot)    # math.prod: numpy.prod costs µs
+        return None if memory is None else memory.view(dtype).reshape(shape)
+
     def holds(self, array) -> bool:
         """Whether `array`'s memory lies inside the region."""
         if self.memory is None:
@@ -99,14 +107,14 @@ def using_region(region: Region | None):
 def workspace(xp, shape, dtype, slot: str = "col"):
     """An uninitialised scratch array, valid until the next call for the same slot on
     this thread: never return it, or keep it past the layer call that asked."""
-    dtype = numpy.dtype(dtype)
-    shape = tuple(int(d) for d in shape) if isinstance(shape, (tuple, list)) else (int(shape),)
-    nbytes = dtype.itemsize * math.prod(shape)    # math.prod: numpy.prod costs µs per call
     region = current_region()
     if region is not None:
-        memory = region.take(nbytes, slot)
-        if memory is not None:
-            return memory.view(dtype).reshape(shape)
+        array = region.array(shape, dtype, slot)
+        if array is not None:
+            return array
+    dtype = numpy.dtype(dtype)
+    shape = tuple(int(d) for d in shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+    nbytes = dtype.itemsize * math.prod(shape)
     if xp is not numpy or nbytes > _SLOT_MAX_BYTES:
         return xp.empty(shape, dtype=dtype)
     buffers = getattr(_local, "buffers", None)
