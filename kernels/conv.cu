@@ -21,12 +21,18 @@
 // operands that are gathered from the tensors on the fly:
 //   - A block of CONV_THREADS = 256 threads owns a TILE × TILE = 64 × 64 output tile and
 //     walks K in steps of TILE_K = 16. Each step stages a 64 × 16 slice of A and a
-//     16 × 64 slice of B in shared memory ([TILE_K][TILE + 1]: the +1 column spreads a
-//     warp's transposing stores over the banks); each thread loads 4 elements of each.
+//     16 × 64 slice of B in shared memory, [TILE_K][TILE + 4]: the 4 padding words put
+//     a warp's transposing stores (16 k at one row) into 2 wavefronts instead of 16 and
+//     keep every row 16-byte aligned. Each thread loads 4 elements of each slice.
 //     Thread (tm, tn) of the 16 × 16 thread grid then accumulates a 4 × 4 register
-//     micro-tile, rows tm + 16i and columns tn + 16j: a warp's B reads are 16
-//     consecutive words (no bank conflict), its A reads two broadcast words, and 16
-//     multiply-adds come from every 8 shared loads.
+//     micro-tile, rows 4tm … 4tm + 3 and columns 4tn … 4tn + 3: four consecutive words of
+//     a slice row each, which one 128-bit shared load reads. Per K index a warp issues
+//     two shared loads for its 16 multiply-adds per thread: A's are 8 words broadcast
+//     (one wavefront), B's 64 consecutive words (two, the least for 256 bytes), so per
+//     K index a block's 8 warps take 24 shared-memory clocks against 32 FMA clocks (an
+//     SM issues one wavefront and four warp FMAs per clock). With one scalar load per
+//     row and column (rows tm + 16i; 8 wavefronts per warp) it was 64 against 32: the
+//     shared-memory pipe held the FMAs to half their rate.
 //   - The next step's global loads are issued into registers before the current step's
 //     arithmetic (one barrier pair per step), so their latency hides under the FMAs.
 //   - Which index consecutive threads take when loading is chosen per operand for
@@ -65,15 +71,20 @@ constexpr int TILE_K = 16;          // K per shared-memory step
 constexpr int MICRO = 4;            // each thread's register tile: MICRO × MICRO
 constexpr int THREAD_GRID = TILE / MICRO;                      // 16 × 16 threads
 constexpr int LOADS = TILE * TILE_K / CONV_THREADS;            // elements a thread stages per operand
+constexpr int SLICE_ROW = TILE + 4;     // a shared slice's row: padded, yet 16-byte aligned
 static_assert(THREAD_GRID * THREAD_GRID == CONV_THREADS, "one micro-tile per thread");
 static_assert(LOADS * CONV_THREADS == TILE * TILE_K, "the threads stage a whole slice");
 static_assert(CONV_THREADS % TILE == 0 && CONV_THREADS % TILE_K == 0, "fixed index per loading thread");
+static_assert(MICRO == 4 && SLICE_ROW % 4 == 0, "a micro-tile row is one 128-bit shared load");
 
 __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 __device__ __forceinline__ bool inside(int i, int size) {
     return static_cast<unsigned>(i) < static_cast<unsigned>(size);
 }
 __device__ __forceinline__ int thread_index() { return static_cast<int>(threadIdx.x); }
+// The tile row of row i of the thread's micro-tile, and the tile column of its column j.
+__device__ __forceinline__ int micro_row(int tid, int i) { return tid / THREAD_GRID * MICRO + i; }
+__device__ __forceinline__ int micro_column(int tid, int j) { return tid % THREAD_GRID * MICRO + j; }
 
 // The geometry every convolution kernel takes, as plain int arguments (one numpy.int32
 // each from the host), gathered here.
@@ -139,7 +150,7 @@ struct StagedSlice {
         }
     }
 
-    __device__ __forceinline__ void store(T (*slice)[TILE + 1], int tid) const {
+    __device__ __forceinline__ void store(T (*slice)[SLICE_ROW], int tid) const {
 #pragma unroll
         for (int l = 0; l < LOADS; ++l) {
             if constexpr (K_FASTEST) {
@@ -151,17 +162,17 @@ struct StagedSlice {
     }
 };
 
-// acc[i][j] = Σ_{k_begin ≤ k < k_end} A[m0 + tm + 16i, k] · B[k, n0 + tn + 16j] for thread
-// (tm, tn) = (t / 16, t % 16). k_begin is a multiple of TILE_K; so is k_end unless it is
+// acc[i][j] = Σ_{k_begin ≤ k < k_end} A[m0 + micro_row(t, i), k] · B[k, n0 + micro_column(t, j)]
+// for thread t. k_begin is a multiple of TILE_K; so is k_end unless it is
 // the operands' own K (where the gathers give zeros past the end). Every thread of the
 // block must call it with the same arguments (it holds barriers).
 template <typename T, bool A_K_FASTEST, bool B_K_FASTEST, typename GatherA, typename GatherB>
 __device__ __forceinline__ void tile_product(const GatherA& ga, const GatherB& gb, int m0, int n0,
                                              long long k_begin, long long k_end, T (&acc)[MICRO][MICRO]) {
-    __shared__ T a_slice[TILE_K][TILE + 1];
-    __shared__ T b_slice[TILE_K][TILE + 1];
+    __shared__ __align__(16) T a_slice[TILE_K][SLICE_ROW];
+    __shared__ __align__(16) T b_slice[TILE_K][SLICE_ROW];
     const int tid = thread_index();
-    const int tm = tid / THREAD_GRID, tn = tid % THREAD_GRID;
+    const int row0 = micro_row(tid, 0), column0 = micro_column(tid, 0);
     for (int i = 0; i < MICRO; ++i) {
         for (int j = 0; j < MICRO; ++j) {
             acc[i][j] = T(0);
@@ -188,11 +199,11 @@ __device__ __forceinline__ void tile_product(const GatherA& ga, const GatherB& g
             T av[MICRO], bv[MICRO];
 #pragma unroll
             for (int i = 0; i < MICRO; ++i) {
-                av[i] = a_slice[kk][tm + i * THREAD_GRID];
+                av[i] = a_slice[kk][row0 + i];
             }
 #pragma unroll
             for (int j = 0; j < MICRO; ++j) {
-                bv[j] = b_slice[kk][tn + j * THREAD_GRID];
+                bv[j] = b_slice[kk][column0 + j];
             }
 #pragma unroll
             for (int i = 0; i < MICRO; ++i) {
@@ -384,13 +395,13 @@ __device__ __forceinline__ void conv_forward(const T* __restrict__ x, const T* _
         T acc[MICRO][MICRO];
         tile_product<T, true, false>(a, b, at.m0, at.n0, 0, depth, acc);
         for (int j = 0; j < MICRO; ++j) {
-            const int column = at.n0 + tid % THREAD_GRID + j * THREAD_GRID;
+            const int column = at.n0 + micro_column(tid, j);
             if (column >= columns) {
                 continue;
             }
             const long long n = column / pixels, p = column % pixels;
             for (int i = 0; i < MICRO; ++i) {
-                const int m = at.m0 + tid / THREAD_GRID + i * THREAD_GRID;
+                const int m = at.m0 + micro_row(tid, i);
                 if (m >= cog) {
                     continue;
                 }
@@ -426,13 +437,13 @@ __device__ __forceinline__ void conv_backward_data(const T* __restrict__ dy, con
         T acc[MICRO][MICRO];
         tile_product<T, true, false>(a, b, at.m0, at.n0, 0, depth, acc);
         for (int j = 0; j < MICRO; ++j) {
-            const int column = at.n0 + tid % THREAD_GRID + j * THREAD_GRID;
+            const int column = at.n0 + micro_column(tid, j);
             if (column >= columns) {
                 continue;
             }
             const long long n = column / plane, p = column % plane;
             for (int i = 0; i < MICRO; ++i) {
-                const int c = at.m0 + tid / THREAD_GRID + i * THREAD_GRID;
+                const int c = at.m0 + micro_row(tid, i);
                 if (c < cg) {
                     dx[(n * geo.channels + at.group * cg + c) * plane + p] = acc[i][j];
                 }
@@ -464,12 +475,12 @@ __device__ __forceinline__ void conv_backward_weights(const T* __restrict__ x, c
         tile_product<T, true, true>(a, b, at.m0, at.n0, k_begin, k_end, acc);
         T* part = out + (static_cast<long long>(at.split) * geo.out_channels + at.group * cog) * columns;
         for (int i = 0; i < MICRO; ++i) {
-            const int m = at.m0 + tid / THREAD_GRID + i * THREAD_GRID;
+            const int m = at.m0 + micro_row(tid, i);
             if (m >= cog) {
                 continue;
             }
             for (int j = 0; j < MICRO; ++j) {
-                const int column = at.n0 + tid % THREAD_GRID + j * THREAD_GRID;
+                const int column = at.n0 + micro_column(tid, j);
                 if (column < columns) {
                     part[static_cast<long long>(m) * columns + column] = acc[i][j];
                 }

@@ -87,3 +87,32 @@ def test_a_missing_header_is_named_with_the_line_that_includes_it(tmp_path):
     write_files(tmp_path, {"main.cu": '#include "a.cuh"\n', "a.cuh": '// a\n#include "gone.cuh"\n'})
     with pytest.raises(FileNotFoundError, match=r'kernels/a\.cuh:2 includes "gone\.cuh"'):
         kernel_source("main.cu", tmp_path)
+
+
+def ptx_entry(ptx: str, name: str) -> str:
+    """The body of one .entry of a PTX text."""
+    start = re.search(rf"\.entry {name}\(", ptx)
+    assert start, f"no entry {name} in the PTX"
+    end = ptx.find("\n}", start.end())
+    return ptx[start.start():end]
+
+
+@needs_nvcc
+def test_the_convolution_tile_product_reads_shared_memory_128_bits_at_a_time(tmp_path):
+    """kernels/conv.cu's plan: per K index a thread's 4 A values and 4 B values are one
+    128-bit shared load each (8 multiply-adds per load). Scalar loads, 2 per 4
+    multiply-adds, would make the shared-memory pipe the limit again."""
+    source = tmp_path / "conv.cu"
+    source.write_text(kernel_source("conv.cu"))
+    ptx_file = tmp_path / "conv.ptx"
+    result = subprocess.run(["nvcc", "-std=c++17", "-ptx", "-arch=sm_90", "-o", str(ptx_file), str(source)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    ptx = ptx_file.read_text()
+    for kernel in ("conv_forward", "conv_backward_data", "conv_backward_weights"):
+        body = ptx_entry(ptx, f"{kernel}_f32")
+        fmas = len(re.findall(r"\bfma\.rn\.f32\b", body))
+        vector_loads = len(re.findall(r"\bld\.shared\.v4\.f32\b", body))
+        scalar_loads = len(re.findall(r"\bld\.shared\.f32\b", body))
+        assert fmas >= 256 and scalar_loads == 0 and fmas >= 8 * vector_loads, (kernel, fmas, vector_loads,
+                                                                                 scalar_loads)
