@@ -40,8 +40,14 @@
 //     backward weights' operands (k runs along the output row ow); along the output
 //     column for the forward's and the backward data's gathers (consecutive ow, or w,
 //     which read x, or dy, at stride sw, or unit stride). Either way one of a thread's
-//     two indices stays fixed while it loads: it decodes that one (the divisions that
-//     give n, oh, ow or c, i, j) once per tile, or once per K step, not per element.
+//     two indices stays fixed while it loads. Both are decoded once per tile (the
+//     divisions that give n, oh, ow or c, i, j); from one K step to the next a thread's
+//     reduction indices move by TILE_K, which is added digit by digit (MixedRadix), so
+//     the K loop divides only where the backward data tests a stride other than 1 × 1
+//     (stride 1 × 1 has its own entry point). What each thread then holds (16
+//     accumulators, 8 staged values, its Rows and Terms) takes about 128 registers in
+//     float (ptxas, sm_90): 2 blocks, 16 warps, per SM. Held to 3 blocks (85 registers)
+//     it spills.
 //   - The backward data's K loop visits every (co, i, j); with stride s > 1 only about
 //     1/(sh·sw) of those taps land on an output pixel, the rest gather zeros. Splitting
 //     the input pixels by their residue mod the stride would skip them; left for when
@@ -109,43 +115,87 @@ struct ConvGeometry {
                    kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,           \
                    dilation_w, group }
 
+// --- reduction indices without divisions ------------------------------------------------
+// A gather's reduction index k is a mixed-radix number of three digits,
+// k = (outer · middle_size + middle) · inner_size + inner: (c, i, j) of a tap, (n, oh, ow)
+// of an output pixel. Decoding k takes divisions, which a GPU does in software (some 20
+// instructions each, a 64-bit one more: as many as a K step's multiply-adds when every
+// load decoded its own k). A thread's k moves by TILE_K each K step, so it is decoded
+// once per tile and then advanced by adding TILE_K's own digits; a digit plus a digit
+// plus a carry stays below twice its radix, so one compare carries it.
+struct Digits {
+    int outer, middle, inner;
+};
+struct MixedRadix {
+    int middle_size, inner_size;
+    Digits step;                                    // TILE_K as digits
+
+    __device__ Digits of(long long k) const {
+        const long long rest = k / inner_size;
+        return Digits{static_cast<int>(rest / middle_size), static_cast<int>(rest % middle_size),
+                      static_cast<int>(k % inner_size)};
+    }
+    __device__ __forceinline__ void advance(Digits& d) const {
+        d.inner += step.inner;
+        int carry = d.inner >= inner_size ? 1 : 0;
+        d.inner -= carry * inner_size;
+        d.middle += step.middle + carry;
+        carry = d.middle >= middle_size ? 1 : 0;
+        d.middle -= carry * middle_size;
+        d.outer += step.outer + carry;
+    }
+};
+__device__ __forceinline__ MixedRadix mixed_radix(int middle_size, int inner_size) {
+    MixedRadix radix{middle_size, inner_size, Digits{0, 0, 0}};
+    radix.step = radix.of(TILE_K);
+    return radix;
+}
+
 // --- the tile product ------------------------------------------------------------------
 // An operand is a Gather: row(r) decodes one of its 64 tile rows (an M index of A, an N
-// index of B) into a Row, term(k) one reduction index into a Term, at(Row, Term) is the
-// value, zero where either is out of range or the tap falls in the padding.
+// index of B) into a Row, term(k) one reduction index into a Term, advance(Term&) moves a
+// Term TILE_K further along K, at(Row, Term) is the value, zero where either is out of
+// range or the tap falls in the padding.
 
 // One operand's slice of a K step, staged through registers into shared memory.
-// K_FASTEST: thread t loads k = t % TILE_K of rows t / TILE_K + 16 l (one Term per
-// step, LOADS Rows per tile); else row t % TILE at k = t / TILE + 4 l (one Row per tile,
-// LOADS Terms per step).
+// K_FASTEST: thread t loads k = t % TILE_K of rows t / TILE_K + 16 l (one Term, LOADS
+// Rows); else row t % TILE at k = t / TILE + 4 l (one Row, LOADS Terms). Rows and Terms
+// are decoded once per tile (begin); fetch advances the Terms to the next K step.
 template <typename T, typename Gather, bool K_FASTEST>
 struct StagedSlice {
     // how far apart a thread's LOADS elements lie: rows (K_FASTEST) or k (otherwise)
     static constexpr int STRIDE = K_FASTEST ? CONV_THREADS / TILE_K : CONV_THREADS / TILE;
     typename Gather::Row rows[K_FASTEST ? LOADS : 1];
+    typename Gather::Term terms[K_FASTEST ? 1 : LOADS];
     T values[LOADS];
 
-    __device__ __forceinline__ void begin(const Gather& gather, int row0, int tid) {
+    __device__ __forceinline__ void begin(const Gather& gather, int row0, long long k0, int tid) {
         if constexpr (K_FASTEST) {
             for (int l = 0; l < LOADS; ++l) {
                 rows[l] = gather.row(row0 + tid / TILE_K + l * STRIDE);
             }
+            terms[0] = gather.term(k0 + tid % TILE_K);
         } else {
             rows[0] = gather.row(row0 + tid % TILE);
+            for (int l = 0; l < LOADS; ++l) {
+                terms[l] = gather.term(k0 + tid / TILE + l * STRIDE);
+            }
         }
     }
 
-    __device__ __forceinline__ void fetch(const Gather& gather, long long k0, int tid) {
+    // the values at the Terms, which then move on to the next K step
+    __device__ __forceinline__ void fetch(const Gather& gather) {
         if constexpr (K_FASTEST) {
-            const typename Gather::Term term = gather.term(k0 + tid % TILE_K);
 #pragma unroll
             for (int l = 0; l < LOADS; ++l) {
-                values[l] = gather.at(rows[l], term);
+                values[l] = gather.at(rows[l], terms[0]);
             }
+            gather.advance(terms[0]);
         } else {
 #pragma unroll
             for (int l = 0; l < LOADS; ++l) {
-                values[l] = gather.at(rows[0], gather.term(k0 + tid / TILE + l * STRIDE));
+                values[l] = gather.at(rows[0], terms[l]);
+                gather.advance(terms[l]);
             }
         }
     }
@@ -180,19 +230,19 @@ __device__ __forceinline__ void tile_product(const GatherA& ga, const GatherB& g
     }
     StagedSlice<T, GatherA, A_K_FASTEST> a;
     StagedSlice<T, GatherB, B_K_FASTEST> b;
-    a.begin(ga, m0, tid);
-    b.begin(gb, n0, tid);
+    a.begin(ga, m0, k_begin, tid);
+    b.begin(gb, n0, k_begin, tid);
     if (k_begin < k_end) {
-        a.fetch(ga, k_begin, tid);
-        b.fetch(gb, k_begin, tid);
+        a.fetch(ga);
+        b.fetch(gb);
     }
     for (long long k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         a.store(a_slice, tid);
         b.store(b_slice, tid);
         __syncthreads();
         if (k0 + TILE_K < k_end) {          // the next step's loads, in flight during the FMAs
-            a.fetch(ga, k0 + TILE_K, tid);
-            b.fetch(gb, k0 + TILE_K, tid);
+            a.fetch(ga);
+            b.fetch(gb);
         }
 #pragma unroll
         for (int kk = 0; kk < TILE_K; ++kk) {
@@ -242,20 +292,22 @@ struct MatrixRows {
     int rows;
     long long depth;
     struct Row { long long offset; bool ok; };
-    struct Term { long long k; bool ok; };
+    struct Term { long long k; };
     __device__ Row row(int r) const { return Row{r * depth, r < rows}; }
-    __device__ Term term(long long k) const { return Term{k, k < depth}; }
-    __device__ T at(const Row& r, const Term& t) const { return r.ok && t.ok ? p[r.offset + t.k] : T(0); }
+    __device__ Term term(long long k) const { return Term{k}; }
+    __device__ void advance(Term& t) const { t.k += TILE_K; }
+    __device__ T at(const Row& r, const Term& t) const { return r.ok && t.k < depth ? p[r.offset + t.k] : T(0); }
 };
 
-// The forward's B: col(x)[g], K = C/g·kh·kw rows (taps) by N·OH·OW columns (output
-// pixels). x points at group g's first channel of image 0.
+// The forward's B: col(x)[g], K = C/g·kh·kw rows (taps (c, i, j)) by N·OH·OW columns
+// (output pixels). x points at group g's first channel of image 0; taps = mixed_radix(kh, kw).
 template <typename T>
 struct InputColumns {
     const T* x;
     ConvGeometry geo;
+    MixedRadix taps;
     struct Row { long long offset; int h0, w0; bool ok; };   // an output pixel: image, window origin
-    struct Term { long long offset; int dh, dw; bool ok; };  // a tap: channel, offsets in the window
+    typedef Digits Term;                                     // a tap: (c, i, j)
     __device__ Row row(int column) const {
         const long long pixels = geo.out_plane();
         const int n = static_cast<int>(column / pixels);
@@ -264,44 +316,47 @@ struct InputColumns {
                    (p / geo.out_width) * geo.stride_h - geo.pad_h, (p % geo.out_width) * geo.stride_w - geo.pad_w,
                    column < geo.batch * pixels};
     }
-    __device__ Term term(long long k) const {
-        const int taps = geo.taps();
-        const int c = static_cast<int>(k / taps), tap = static_cast<int>(k % taps);
-        return Term{c * geo.plane(), (tap / geo.kernel_w) * geo.dilation_h, (tap % geo.kernel_w) * geo.dilation_w,
-                    k < static_cast<long long>(geo.in_group()) * taps};
-    }
+    __device__ Term term(long long k) const { return taps.of(k); }
+    __device__ void advance(Term& t) const { taps.advance(t); }
     __device__ T at(const Row& r, const Term& t) const {
-        const int h = r.h0 + t.dh, w = r.w0 + t.dw;
-        return r.ok && t.ok && inside(h, geo.height) && inside(w, geo.width)
-                   ? x[r.offset + t.offset + static_cast<long long>(h) * geo.width + w]
+        const int h = r.h0 + t.middle * geo.dilation_h, w = r.w0 + t.inner * geo.dilation_w;
+        return r.ok && t.outer < geo.in_group() && inside(h, geo.height) && inside(w, geo.width)
+                   ? x[r.offset + t.outer * geo.plane() + static_cast<long long>(h) * geo.width + w]
                    : T(0);
     }
 };
 
-// The backward data's A: W[g]ᵀ, C/g rows by Co/g·kh·kw (k = co·kh·kw + tap). w points at
-// group g's first filter.
+// The backward data's A: W[g]ᵀ, C/g rows by Co/g·kh·kw (k: (co, i, j)). w points at
+// group g's first filter; taps = mixed_radix(kh, kw).
 template <typename T>
 struct TransposedWeights {
     const T* w;
-    int in_group, out_group, taps;
+    ConvGeometry geo;
+    MixedRadix taps;
     struct Row { long long offset; bool ok; };
-    struct Term { long long offset; bool ok; };
-    __device__ Row row(int c) const { return Row{static_cast<long long>(c) * taps, c < in_group}; }
-    __device__ Term term(long long k) const {
-        const int co = static_cast<int>(k / taps), tap = static_cast<int>(k % taps);
-        return Term{static_cast<long long>(co) * in_group * taps + tap, k < static_cast<long long>(out_group) * taps};
+    typedef Digits Term;
+    __device__ Row row(int c) const { return Row{static_cast<long long>(c) * geo.taps(), c < geo.in_group()}; }
+    __device__ Term term(long long k) const { return taps.of(k); }
+    __device__ void advance(Term& t) const { taps.advance(t); }
+    __device__ T at(const Row& r, const Term& t) const {
+        return r.ok && t.outer < geo.out_group()
+                   ? w[r.offset + static_cast<long long>(t.outer) * geo.in_group() * geo.taps() +
+                       t.middle * geo.kernel_w + t.inner]
+                   : T(0);
     }
-    __device__ T at(const Row& r, const Term& t) const { return r.ok && t.ok ? w[r.offset + t.offset] : T(0); }
 };
 
-// The backward data's B: dcol(dy)[g], Co/g·kh·kw rows by N·H·W columns (input pixels).
-// dy points at group g's first output channel of image 0.
-template <typename T>
+// The backward data's B: dcol(dy)[g], Co/g·kh·kw rows (k: (co, i, j)) by N·H·W columns
+// (input pixels). dy points at group g's first output channel of image 0; taps =
+// mixed_radix(kh, kw). UNIT_STRIDE: the geometry's stride is 1 × 1, so the tests of
+// divisibility by it (four software divisions per element) are known to pass.
+template <typename T, bool UNIT_STRIDE>
 struct OutputDiffColumns {
     const T* dy;
     ConvGeometry geo;
+    MixedRadix taps;
     struct Row { long long offset; int hp, wp; bool ok; };   // an input pixel, shifted by the pad
-    struct Term { long long offset; int dh, dw; bool ok; };  // (co, i, j)
+    typedef Digits Term;
     __device__ Row row(int column) const {
         const long long plane = geo.plane();
         const int n = static_cast<int>(column / plane);
@@ -309,66 +364,68 @@ struct OutputDiffColumns {
         return Row{static_cast<long long>(n) * geo.out_channels * geo.out_plane(),
                    p / geo.width + geo.pad_h, p % geo.width + geo.pad_w, column < geo.batch * plane};
     }
-    __device__ Term term(long long k) const {
-        const int taps = geo.taps();
-        const int co = static_cast<int>(k / taps), tap = static_cast<int>(k % taps);
-        return Term{co * geo.out_plane(), (tap / geo.kernel_w) * geo.dilation_h,
-                    (tap % geo.kernel_w) * geo.dilation_w, k < static_cast<long long>(geo.out_group()) * taps};
-    }
+    __device__ Term term(long long k) const { return taps.of(k); }
+    __device__ void advance(Term& t) const { taps.advance(t); }
     __device__ T at(const Row& r, const Term& t) const {
         // the output pixel whose window puts this tap on the input pixel, if any:
         // oh·sh − ph + i·dh = h  ⇔  oh = (h + ph − i·dh) / sh, exactly
-        const int th = r.hp - t.dh, tw = r.wp - t.dw;
-        if (!(r.ok && t.ok) || th < 0 || tw < 0 || th % geo.stride_h != 0 || tw % geo.stride_w != 0) {
+        const int th = r.hp - t.middle * geo.dilation_h, tw = r.wp - t.inner * geo.dilation_w;
+        if (!(r.ok && t.outer < geo.out_group()) || th < 0 || tw < 0) {
             return T(0);
         }
-        const int oh = th / geo.stride_h, ow = tw / geo.stride_w;
+        if (!UNIT_STRIDE && (th % geo.stride_h != 0 || tw % geo.stride_w != 0)) {
+            return T(0);
+        }
+        const int oh = UNIT_STRIDE ? th : th / geo.stride_h, ow = UNIT_STRIDE ? tw : tw / geo.stride_w;
         return oh < geo.out_height && ow < geo.out_width
-                   ? dy[r.offset + t.offset + static_cast<long long>(oh) * geo.out_width + ow]
+                   ? dy[r.offset + t.outer * geo.out_plane() + static_cast<long long>(oh) * geo.out_width + ow]
                    : T(0);
     }
 };
 
-// The backward weights' A: dy[g] as Co/g rows by N·OH·OW (k = n·OH·OW + pixel).
-// dy points at group g's first output channel of image 0.
+// The backward weights' A: dy[g] as Co/g rows by N·OH·OW (k: (n, oh, ow)). dy points at
+// group g's first output channel of image 0; pixels = mixed_radix(OH, OW).
 template <typename T>
 struct OutputDiffRows {
     const T* dy;
     ConvGeometry geo;
+    MixedRadix pixels;
     struct Row { long long offset; bool ok; };
-    struct Term { long long offset; bool ok; };
+    typedef Digits Term;
     __device__ Row row(int co) const { return Row{co * geo.out_plane(), co < geo.out_group()}; }
-    __device__ Term term(long long k) const {
-        const long long pixels = geo.out_plane();
-        return Term{(k / pixels) * geo.out_channels * pixels + k % pixels, k < geo.batch * pixels};
+    __device__ Term term(long long k) const { return pixels.of(k); }
+    __device__ void advance(Term& t) const { pixels.advance(t); }
+    __device__ T at(const Row& r, const Term& t) const {
+        return r.ok && t.outer < geo.batch
+                   ? dy[r.offset + static_cast<long long>(t.outer) * geo.out_channels * geo.out_plane() +
+                        t.middle * geo.out_width + t.inner]
+                   : T(0);
     }
-    __device__ T at(const Row& r, const Term& t) const { return r.ok && t.ok ? dy[r.offset + t.offset] : T(0); }
 };
 
-// The backward weights' B: col(x)[g]ᵀ, N·OH·OW rows (output pixels) by C/g·kh·kw
-// columns (taps). x points at group g's first channel of image 0.
+// The backward weights' B: col(x)[g]ᵀ, N·OH·OW rows (output pixels (n, oh, ow)) by
+// C/g·kh·kw columns (taps). x points at group g's first channel of image 0; pixels =
+// mixed_radix(OH, OW).
 template <typename T>
 struct InputColumnsTransposed {
     const T* x;
     ConvGeometry geo;
+    MixedRadix pixels;
     struct Row { long long offset; int dh, dw; bool ok; };   // a tap: channel, offsets less the pad
-    struct Term { long long offset; int h0, w0; bool ok; };  // an output pixel: image, window corner
+    typedef Digits Term;                                     // an output pixel: (n, oh, ow)
     __device__ Row row(int column) const {
         const int taps = geo.taps();
         const int c = column / taps, tap = column % taps;
         return Row{c * geo.plane(), (tap / geo.kernel_w) * geo.dilation_h - geo.pad_h,
                    (tap % geo.kernel_w) * geo.dilation_w - geo.pad_w, column < geo.in_group() * taps};
     }
-    __device__ Term term(long long k) const {
-        const long long pixels = geo.out_plane();
-        const int p = static_cast<int>(k % pixels);
-        return Term{(k / pixels) * geo.channels * geo.plane(), (p / geo.out_width) * geo.stride_h,
-                    (p % geo.out_width) * geo.stride_w, k < geo.batch * pixels};
-    }
+    __device__ Term term(long long k) const { return pixels.of(k); }
+    __device__ void advance(Term& t) const { pixels.advance(t); }
     __device__ T at(const Row& r, const Term& t) const {
-        const int h = t.h0 + r.dh, w = t.w0 + r.dw;
-        return r.ok && t.ok && inside(h, geo.height) && inside(w, geo.width)
-                   ? x[t.offset + r.offset + static_cast<long long>(h) * geo.width + w]
+        const int h = t.middle * geo.stride_h + r.dh, w = t.inner * geo.stride_w + r.dw;
+        return r.ok && t.outer < geo.batch && inside(h, geo.height) && inside(w, geo.width)
+                   ? x[static_cast<long long>(t.outer) * geo.channels * geo.plane() + r.offset +
+                       static_cast<long long>(h) * geo.width + w]
                    : T(0);
     }
 };
@@ -388,10 +445,11 @@ __device__ __forceinline__ void conv_forward(const T* __restrict__ x, const T* _
     const int m_tiles = ceil_div(cog, TILE), n_tiles = ceil_div(columns, TILE);
     const long long tiles = static_cast<long long>(m_tiles) * n_tiles * geo.group;
     const int tid = thread_index();
+    const MixedRadix tap_digits = mixed_radix(geo.kernel_h, geo.kernel_w);
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const TileIndex at = decode_tile(tile, m_tiles, n_tiles, geo.group);
         const MatrixRows<T> a{w + at.group * cog * depth, cog, depth};
-        const InputColumns<T> b{x + at.group * cg * geo.plane(), geo};
+        const InputColumns<T> b{x + at.group * cg * geo.plane(), geo, tap_digits};
         T acc[MICRO][MICRO];
         tile_product<T, true, false>(a, b, at.m0, at.n0, 0, depth, acc);
         for (int j = 0; j < MICRO; ++j) {
@@ -420,7 +478,8 @@ __device__ __forceinline__ void conv_forward(const T* __restrict__ x, const T* _
 }
 
 // dx = Σ over the filters and taps that see each input pixel of w · dy.
-template <typename T>
+// UNIT_STRIDE: the geometry's stride is 1 × 1 (the host's choice of entry point).
+template <typename T, bool UNIT_STRIDE>
 __device__ __forceinline__ void conv_backward_data(const T* __restrict__ dy, const T* __restrict__ w,
                                                    ConvGeometry geo, T* __restrict__ dx) {
     const int cog = geo.out_group(), cg = geo.in_group(), taps = geo.taps();
@@ -430,10 +489,11 @@ __device__ __forceinline__ void conv_backward_data(const T* __restrict__ dy, con
     const int m_tiles = ceil_div(cg, TILE), n_tiles = ceil_div(columns, TILE);
     const long long tiles = static_cast<long long>(m_tiles) * n_tiles * geo.group;
     const int tid = thread_index();
+    const MixedRadix tap_digits = mixed_radix(geo.kernel_h, geo.kernel_w);
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const TileIndex at = decode_tile(tile, m_tiles, n_tiles, geo.group);
-        const TransposedWeights<T> a{w + static_cast<long long>(at.group) * cog * cg * taps, cg, cog, taps};
-        const OutputDiffColumns<T> b{dy + at.group * cog * geo.out_plane(), geo};
+        const TransposedWeights<T> a{w + static_cast<long long>(at.group) * cog * cg * taps, geo, tap_digits};
+        const OutputDiffColumns<T, UNIT_STRIDE> b{dy + at.group * cog * geo.out_plane(), geo, tap_digits};
         T acc[MICRO][MICRO];
         tile_product<T, true, false>(a, b, at.m0, at.n0, 0, depth, acc);
         for (int j = 0; j < MICRO; ++j) {
@@ -465,10 +525,11 @@ __device__ __forceinline__ void conv_backward_weights(const T* __restrict__ x, c
     const int m_tiles = ceil_div(cog, TILE), n_tiles = ceil_div(columns, TILE);
     const long long tiles = static_cast<long long>(m_tiles) * n_tiles * geo.group * splits;
     const int tid = thread_index();
+    const MixedRadix pixel_digits = mixed_radix(geo.out_height, geo.out_width);
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const TileIndex at = decode_tile(tile, m_tiles, n_tiles, geo.group);
-        const OutputDiffRows<T> a{dy + at.group * cog * geo.out_plane(), geo};
-        const InputColumnsTransposed<T> b{x + at.group * cg * geo.plane(), geo};
+        const OutputDiffRows<T> a{dy + at.group * cog * geo.out_plane(), geo, pixel_digits};
+        const InputColumnsTransposed<T> b{x + at.group * cg * geo.plane(), geo, pixel_digits};
         const long long k_begin = at.split * split_depth;
         const long long k_end = k_begin + split_depth < depth ? k_begin + split_depth : depth;
         T acc[MICRO][MICRO];
@@ -547,13 +608,23 @@ extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     conv_forward<double>(x, w, bias, has_bias, relu, CONV_GEOMETRY, y);
 }
 
+// conv_backward_data_unit_*: for stride 1 × 1 only (every backward data of AlexNet and
+// GoogLeNet), which needs no divisions by the stride.
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     conv_backward_data_f32(const float* dy, const float* w, CONV_GEOMETRY_PARAMS, float* dx) {
-    conv_backward_data<float>(dy, w, CONV_GEOMETRY, dx);
+    conv_backward_data<float, false>(dy, w, CONV_GEOMETRY, dx);
 }
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
     conv_backward_data_f64(const double* dy, const double* w, CONV_GEOMETRY_PARAMS, double* dx) {
-    conv_backward_data<double>(dy, w, CONV_GEOMETRY, dx);
+    conv_backward_data<double, false>(dy, w, CONV_GEOMETRY, dx);
+}
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+    conv_backward_data_unit_f32(const float* dy, const float* w, CONV_GEOMETRY_PARAMS, float* dx) {
+    conv_backward_data<float, true>(dy, w, CONV_GEOMETRY, dx);
+}
+extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+    conv_backward_data_unit_f64(const double* dy, const double* w, CONV_GEOMETRY_PARAMS, double* dx) {
+    conv_backward_data<double, true>(dy, w, CONV_GEOMETRY, dx);
 }
 
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)

@@ -136,9 +136,9 @@ def compiled(tmp_path, text: str, phase: str):
 
 
 WHOLE_NET = """net Small
-input data [2, 4, 9, 9]
+input data [2, 4, 13, 13]
 input label [2]
-conv1: Convolution(data, 6, kernel=3, pad=1, group=2, weight=gaussian(std=0.3), bias=gaussian(std=0.1))
+conv1: Convolution(data, 6, kernel=3, pad=1, stride=2, group=2, weight=gaussian(std=0.3), bias=gaussian(std=0.1))
 relu1: ReLU!
 norm1: LRN(local_size=3, alpha=0.5, beta=0.75)
 pool1: Pooling(MAX, kernel=3, stride=2)
@@ -161,7 +161,7 @@ def test_a_whole_net_through_the_kernels_matches_the_array_code(launcher, tmp_pa
 
     net, weights = compiled(tmp_path, WHOLE_NET, "train")
     rng = np.random.default_rng(5)
-    feeds = {"data": rng.normal(size=(2, 4, 9, 9)), "label": np.array([3.0, 6.0])}
+    feeds = {"data": rng.normal(size=(2, 4, 13, 13)), "label": np.array([3.0, 6.0])}
     runs = []
     for backend in (Backend("cpu", np), Backend("host kernels", np, kernels=launcher)):
         ex = Executor(net, weights, backend=backend, dtype=np.float64, memory=memory)
@@ -188,7 +188,7 @@ def test_a_whole_net_through_the_kernels_matches_the_array_code(launcher, tmp_pa
     kc.assert_close(k_diffs["data"], diffs["data"], np.float64, "∂data")
     launched = {kernel for kernel, _, _ in launcher.launched}
     assert {"conv_forward_f64", "lrn_across_forward_f64", "max_pool_forward_f64", "ave_pool_backward_f64",
-            "softmax_loss_backward_f64", "conv_backward_data_f64"} <= launched
+            "softmax_loss_backward_f64", "conv_backward_data_f64", "conv_backward_data_unit_f64"} <= launched
 
 
 IN_THE_ARENA = """net InTheArena

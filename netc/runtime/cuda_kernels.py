@@ -404,9 +404,10 @@ def conv_backward_data(dy, w, x_shape, p, launcher=None, out=None):
     n, c, h, width = (int(v) for v in x_shape)
     groups = p["group"]
     tiles = groups * _tiles(c // groups, n * h * width)
+    # stride 1 × 1 has an entry point of its own, free of the divisions by the stride
+    kernel = "conv_backward_data_unit" if (geo.sh, geo.sw) == (1, 1) else "conv_backward_data"
     if dx.size:
-        run("conv", f"conv_backward_data_{suffix}", tiles * CONV_THREADS, (dy, w, *geometry, dx),
-            threads=CONV_THREADS)
+        run("conv", f"{kernel}_{suffix}", tiles * CONV_THREADS, (dy, w, *geometry, dx), threads=CONV_THREADS)
     return dx
 
 
