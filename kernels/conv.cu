@@ -219,8 +219,8 @@ struct StagedSlice {
 template <typename T, bool A_K_FASTEST, bool B_K_FASTEST, typename GatherA, typename GatherB>
 __device__ __forceinline__ void tile_product(const GatherA& ga, const GatherB& gb, int m0, int n0,
                                              long long k_begin, long long k_end, T (&acc)[MICRO][MICRO]) {
-    __shared__ __align__(16) T a_slice[TILE_K][SLICE_ROW];
-    __shared__ __align__(16) T b_slice[TILE_K][SLICE_ROW];
+    alignas(16) __shared__ T a_slice[TILE_K][SLICE_ROW];
+    alignas(16) __shared__ T b_slice[TILE_K][SLICE_ROW];
     const int tid = thread_index();
     const int row0 = micro_row(tid, 0), column0 = micro_column(tid, 0);
     for (int i = 0; i < MICRO; ++i) {

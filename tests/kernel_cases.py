@@ -366,7 +366,6 @@ HOST_SHIM = r"""// Compiles a kernels/*.cu file as host C++ and runs its grids o
 #define __forceinline__ inline
 #define __shared__ static
 #define __launch_bounds__(...)
-#define __align__(bytes) __attribute__((aligned(bytes)))
 struct HostDim { unsigned x, y, z; };
 static HostDim blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0};
 static HostDim blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
