@@ -27,4 +27,29 @@ __device__ __forceinline__ long long grid_step() {
     return static_cast<long long>(blockDim.x) * gridDim.x;
 }
 
+// n / d by a multiply-high, an add and a shift, for the kernels that decode a flat
+// index into coordinates every element: a GPU divides in software (some 20 instructions
+// for 32 bits, more for 64), more work than the rest of a memory-bound element's. The
+// host makes d's magic number m and shift s (netc.runtime.cuda_kernels.divider):
+// 2^(s-1) < d <= 2^s, m = floor(2^32 (2^s - d) / d) + 1 (< 2^32), and then for
+// 0 <= n < 2^31, n / d = (umulhi(n, m) + n) >> s (Granlund and Montgomery's round-up
+// method; umulhi(n, m) < n keeps the sum inside 32 bits). Past 2^31 it divides.
+struct Divider {
+    int divisor;
+    unsigned magic;
+    int shift;
+
+    __device__ __forceinline__ long long quotient(long long n) const {
+        if (n < 0x80000000LL) {
+            const unsigned u = static_cast<unsigned>(n);
+            return static_cast<long long>((__umulhi(u, magic) + u) >> shift);
+        }
+        return n / divisor;
+    }
+};
+// A Divider from its three kernel arguments (the magic number passed as an int's bits).
+__device__ __forceinline__ Divider make_divider(int divisor, int magic, int shift) {
+    return Divider{divisor, static_cast<unsigned>(magic), shift};
+}
+
 #endif  // NETC_KERNELS_COMMON_CUH

@@ -27,23 +27,39 @@
 //   - Float sums are carried in double: an AVE window (a 13x13 global pool has 169
 //     terms) or a gradient gather mixes signs and cancels, and the extra adds hide
 //     under the memory latency.
+//   - A thread decodes its flat index into (plane, row, column), and the backward finds
+//     its covering windows by dividing by the stride: five or six integer divisions per
+//     element, which a GPU does in software (some 20 instructions each): more issue
+//     slots than the element's few loads and compares take. They are multiplications
+//     by the divisors' magic numbers instead (common.cuh's Divider), made on the host.
 // Indices are 64-bit where they span the whole tensor, 32-bit inside one plane.
 
 #include "common.cuh"
 
 // The geometry every pooling kernel takes. The entry points receive it as plain int
 // arguments (the simplest launch from Python: one numpy.int32 each) and gather it here.
+// The Dividers (common.cuh) divide a flat index by the plane's sizes, and a position by
+// the stride, without a division: each takes its magic number and shift as two more ints.
 struct PoolGeometry {
     int height, width;                      // the input plane
     int pooled_height, pooled_width;        // OH, OW
     int kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w;
+    Divider by_height, by_width, by_pooled_height, by_pooled_width, by_stride_h, by_stride_w;
 };
-#define POOL_GEOMETRY_PARAMS                                                              \
-    int height, int width, int pooled_height, int pooled_width, int kernel_h, int kernel_w, \
-        int stride_h, int stride_w, int pad_h, int pad_w
-#define POOL_GEOMETRY                                                                      \
-    PoolGeometry { height, width, pooled_height, pooled_width, kernel_h, kernel_w, stride_h, \
-                   stride_w, pad_h, pad_w }
+#define POOL_GEOMETRY_PARAMS                                                                   \
+    int height, int width, int pooled_height, int pooled_width, int kernel_h, int kernel_w,      \
+        int stride_h, int stride_w, int pad_h, int pad_w, int height_magic, int height_shift,    \
+        int width_magic, int width_shift, int pooled_height_magic, int pooled_height_shift,      \
+        int pooled_width_magic, int pooled_width_shift, int stride_h_magic, int stride_h_shift, \
+        int stride_w_magic, int stride_w_shift
+#define POOL_GEOMETRY                                                                           \
+    PoolGeometry { height, width, pooled_height, pooled_width, kernel_h, kernel_w, stride_h,      \
+                   stride_w, pad_h, pad_w, make_divider(height, height_magic, height_shift),       \
+                   make_divider(width, width_magic, width_shift),                                \
+                   make_divider(pooled_height, pooled_height_magic, pooled_height_shift),        \
+                   make_divider(pooled_width, pooled_width_magic, pooled_width_shift),           \
+                   make_divider(stride_h, stride_h_magic, stride_h_shift),                       \
+                   make_divider(stride_w, stride_w_magic, stride_w_shift) }
 
 // AVE's divisor for a window starting at `start` along one axis: its extent up to
 // size + pad, before clipping to the image.
@@ -53,11 +69,11 @@ __device__ __forceinline__ int ave_extent(int start, int kernel, int size, int p
 
 // The windows along one axis that contain input position i: [first, last).
 // Window o covers o*s - pad ... o*s - pad + k - 1, so o*s <= i + pad < o*s + k.
-__device__ __forceinline__ void windows_containing(int i, int kernel, int stride, int pad, int pooled,
+__device__ __forceinline__ void windows_containing(int i, int kernel, const Divider& stride, int pad, int pooled,
                                                    int* first, int* last) {
     const int shifted = i + pad;
-    *first = shifted < kernel ? 0 : (shifted - kernel) / stride + 1;
-    *last = imin(shifted / stride + 1, pooled);
+    *first = shifted < kernel ? 0 : static_cast<int>(stride.quotient(shifted - kernel)) + 1;
+    *last = imin(static_cast<int>(stride.quotient(shifted)) + 1, pooled);
 }
 
 // What the backward's gather needs of input element `index` (NCHW-flat): its plane
@@ -70,12 +86,25 @@ struct CoveringWindows {
 };
 __device__ __forceinline__ CoveringWindows covering_windows(long long index, const PoolGeometry& g) {
     CoveringWindows element;
-    element.w = static_cast<int>(index % g.width);
-    element.h = static_cast<int>((index / g.width) % g.height);
-    element.plane = index / (static_cast<long long>(g.width) * g.height);
-    windows_containing(element.h, g.kernel_h, g.stride_h, g.pad_h, g.pooled_height, &element.ph0, &element.ph1);
-    windows_containing(element.w, g.kernel_w, g.stride_w, g.pad_w, g.pooled_width, &element.pw0, &element.pw1);
+    const long long rows = g.by_width.quotient(index);          // plane · H + h
+    element.w = static_cast<int>(index - rows * g.width);
+    element.plane = g.by_height.quotient(rows);
+    element.h = static_cast<int>(rows - element.plane * g.height);
+    windows_containing(element.h, g.kernel_h, g.by_stride_h, g.pad_h, g.pooled_height, &element.ph0, &element.ph1);
+    windows_containing(element.w, g.kernel_w, g.by_stride_w, g.pad_w, g.pooled_width, &element.pw0, &element.pw1);
     return element;
+}
+
+// Where output element `index` (NCHW-flat) lies: its plane (n·C + c) and (ph, pw).
+struct PooledPosition {
+    long long plane;
+    int ph, pw;
+};
+__device__ __forceinline__ PooledPosition pooled_position(long long index, const PoolGeometry& g) {
+    const long long rows = g.by_pooled_width.quotient(index);   // plane · OH + ph
+    const long long plane = g.by_pooled_height.quotient(rows);
+    return PooledPosition{plane, static_cast<int>(rows - plane * g.pooled_height),
+                          static_cast<int>(index - rows * g.pooled_width)};
 }
 
 // WITH_MASK: write the arg-max for the backward; inference skips it (a fifth less traffic).
@@ -84,9 +113,9 @@ __device__ __forceinline__ void max_pool_forward(long long count, const T* __res
                                                  PoolGeometry g, T* __restrict__ top,
                                                  int* __restrict__ mask) {
     for (long long index = first_index(); index < count; index += grid_step()) {
-        const int pw = static_cast<int>(index % g.pooled_width);
-        const int ph = static_cast<int>((index / g.pooled_width) % g.pooled_height);
-        const long long plane = index / (static_cast<long long>(g.pooled_width) * g.pooled_height);
+        const PooledPosition at = pooled_position(index, g);
+        const int pw = at.pw, ph = at.ph;
+        const long long plane = at.plane;
         const int hstart = imax(ph * g.stride_h - g.pad_h, 0);
         const int wstart = imax(pw * g.stride_w - g.pad_w, 0);
         const int hend = imin(ph * g.stride_h - g.pad_h + g.kernel_h, g.height);
@@ -137,9 +166,9 @@ __device__ __forceinline__ void ave_pool_forward(long long count, const T* __res
                                                  PoolGeometry g, T* __restrict__ top) {
     typedef typename Accum<T>::type Acc;
     for (long long index = first_index(); index < count; index += grid_step()) {
-        const int pw = static_cast<int>(index % g.pooled_width);
-        const int ph = static_cast<int>((index / g.pooled_width) % g.pooled_height);
-        const long long plane = index / (static_cast<long long>(g.pooled_width) * g.pooled_height);
+        const PooledPosition at = pooled_position(index, g);
+        const int pw = at.pw, ph = at.ph;
+        const long long plane = at.plane;
         const int hs = ph * g.stride_h - g.pad_h;
         const int ws = pw * g.stride_w - g.pad_w;
         const int divisor = ave_extent(hs, g.kernel_h, g.height, g.pad_h) *

@@ -369,6 +369,9 @@ HOST_SHIM = r"""// Compiles a kernels/*.cu file as host C++ and runs its grids o
 struct HostDim { unsigned x, y, z; };
 static HostDim blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0};
 static HostDim blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+static inline unsigned __umulhi(unsigned a, unsigned b) {
+    return static_cast<unsigned>((static_cast<unsigned long long>(a) * b) >> 32);
+}
 using std::exp;
 using std::log;
 using std::pow;
@@ -534,7 +537,8 @@ def build_host_libraries(sources, folder: Path) -> dict[str, Path]:
     return {source.stem: library for source, library, _ in jobs}
 
 
-_CODES = {np.dtype(np.float32): "f*", np.dtype(np.float64): "d*", np.dtype(np.int32): "i*"}
+_CODES = {np.dtype(np.float32): "f*", np.dtype(np.float64): "d*", np.dtype(np.int32): "i*",
+          np.dtype(np.int64): "q*"}
 GUARD_VALUE = {"f": -1536.0, "i": -7777}     # what the margins around a host output hold (exact in float16)
 
 

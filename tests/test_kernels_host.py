@@ -309,3 +309,46 @@ def test_inference_keeps_nothing_for_a_backward(launcher, tmp_path):
     assert not {"max_pool_forward_f64", "lrn_across_forward_f64", "lrn_within_forward_f64"} & launched
     for name, value in want.items():
         kc.assert_close(got[name], value, np.float64, name)
+
+
+DIVIDER_CHECK = """#include "common.cuh"
+extern "C" __global__ void divider_check(long long count, const long long* n, int divisor, int magic, int shift,
+                                         long long* quotient) {
+    const Divider by = make_divider(divisor, magic, shift);
+    for (long long i = first_index(); i < count; i += grid_step()) {
+        quotient[i] = by.quotient(n[i]);
+    }
+}
+"""
+
+
+def test_the_divider_of_common_cuh_divides_like_integer_division(tmp_path):
+    """kernels/common.cuh's Divider with cuda_kernels.divider's magic numbers, against
+    NumPy's floor division: every divisor shape (1, powers of two and their neighbours,
+    the pooling sizes, the largest int) at the edges of each quotient, near 2^31 where
+    the multiply-high path ends, and past it where the Divider divides."""
+    np = kc.np
+    from netc.runtime.cuda_kernels import divider
+
+    source = tmp_path / "divider_check.cu"
+    source.write_text(DIVIDER_CHECK)
+    (tmp_path / "common.cuh").write_text((kc.KERNELS / "common.cuh").read_text())
+    build = tmp_path / "build"
+    build.mkdir()
+    check = kc.HostLauncher(kc.build_host_libraries([source], build))
+    rng = np.random.default_rng(3)
+    divisors = {1, 2, 3, 5, 7, 9, 13, 27, 55, 169, 3 * 224 * 224, 2 ** 16 + 1, 2 ** 31 - 1}
+    divisors |= {2 ** s + e for s in range(1, 31) for e in (-1, 0, 1)}
+    divisors |= set(int(d) for d in rng.integers(1, 2 ** 31, 40))
+    for d in sorted(divisors):
+        magic, shift = divider(d)
+        q = rng.integers(0, (2 ** 31 - 1) // d + 1, 64)
+        n = np.concatenate([q * d, q * d + d - 1, q * d - 1, [0, 1, d - 1, d, d + 1],
+                            2 ** 31 - 1 - np.arange(8), rng.integers(0, 2 ** 31, 64),
+                            [2 ** 31, 2 ** 31 + d, 2 ** 40 + 5]])
+        n = n[n >= 0].astype(np.int64)
+        out = np.zeros(n.size, dtype=np.int64)
+        check("divider_check", "divider_check", n.size,
+              (np.int64(n.size), n, np.int32(d), np.int32(magic), np.int32(shift), out))
+        wrong = np.flatnonzero(out != n // d)
+        assert wrong.size == 0, f"{n[wrong[0]]} / {d}: {out[wrong[0]]}, not {n[wrong[0]] // d}"

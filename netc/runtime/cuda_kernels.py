@@ -153,6 +153,16 @@ def _launcher(launcher):
     return launcher if launcher is not None else CupyLauncher()
 
 
+def divider(d: int) -> tuple[int, int]:
+    """(magic, shift) of a kernels/common.cuh Divider for d ≥ 1: the smallest s with
+    d ≤ 2^s, m = ⌊2^32·(2^s − d)/d⌋ + 1; the magic number as the int32 with its bits."""
+    if not 1 <= d < 2 ** 31:
+        raise ValueError(f"a Divider divides by 1 … 2^31 − 1, not {d}")
+    shift = (d - 1).bit_length()
+    magic = (2 ** 32 * (2 ** shift - d)) // d + 1
+    return magic - 2 ** 32 if magic >= 2 ** 31 else magic, shift
+
+
 # --- pooling ----------------------------------------------------------------------------
 
 def _pool_geometry(shape, p) -> tuple:
@@ -162,7 +172,8 @@ def _pool_geometry(shape, p) -> tuple:
     n, c, h, w = shape
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = pool_window(p, h, w)
     geometry = tuple(np.int32(v) for v in (h, w, oh, ow, kh, kw, sh, sw, ph, pw))
-    return geometry, (n, c, oh, ow)
+    dividers = tuple(np.int32(v) for d in (h, w, oh, ow, sh, sw) for v in divider(d))
+    return geometry + dividers, (n, c, oh, ow)
 
 
 def max_pool_forward(x, p, launcher=None, out=None, mask=None):
