@@ -89,7 +89,6 @@ def test_a_missing_header_is_named_with_the_line_that_includes_it(tmp_path):
         kernel_source("main.cu", tmp_path)
 
 
-
 @pytest.fixture(scope="module")
 def conv_ptx(tmp_path_factory) -> str:
     """kernels/conv.cu as PTX for sm_90: what the device compiler was given to schedule."""
