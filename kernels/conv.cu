@@ -284,6 +284,16 @@ __device__ __forceinline__ TileIndex decode_tile(long long tile, int m_tiles, in
 
 // --- the gathers -----------------------------------------------------------------------
 
+// What every gather but MatrixRows shares: the geometry, and a reduction index held as
+// digits of `radix` (taps (c, i, j) or output pixels (n, oh, ow)).
+struct DigitGather {
+    ConvGeometry geo;
+    MixedRadix radix;
+    typedef Digits Term;
+    __device__ Term term(long long k) const { return radix.of(k); }
+    __device__ void advance(Term& t) const { radix.advance(t); }
+};
+
 // Rows of a row-major matrix with `depth` columns: the forward's A (W[g] as
 // Co/g × C/g·kh·kw). p points at the group's first row.
 template <typename T>
@@ -300,14 +310,11 @@ struct MatrixRows {
 };
 
 // The forward's B: col(x)[g], K = C/g·kh·kw rows (taps (c, i, j)) by N·OH·OW columns
-// (output pixels). x points at group g's first channel of image 0; taps = mixed_radix(kh, kw).
+// (output pixels). x points at group g's first channel of image 0; radix = mixed_radix(kh, kw).
 template <typename T>
-struct InputColumns {
+struct InputColumns : DigitGather {
     const T* x;
-    ConvGeometry geo;
-    MixedRadix taps;
     struct Row { long long offset; int h0, w0; bool ok; };   // an output pixel: image, window origin
-    typedef Digits Term;                                     // a tap: (c, i, j)
     __device__ Row row(int column) const {
         const long long pixels = geo.out_plane();
         const int n = static_cast<int>(column / pixels);
@@ -316,8 +323,6 @@ struct InputColumns {
                    (p / geo.out_width) * geo.stride_h - geo.pad_h, (p % geo.out_width) * geo.stride_w - geo.pad_w,
                    column < geo.batch * pixels};
     }
-    __device__ Term term(long long k) const { return taps.of(k); }
-    __device__ void advance(Term& t) const { taps.advance(t); }
     __device__ T at(const Row& r, const Term& t) const {
         const int h = r.h0 + t.middle * geo.dilation_h, w = r.w0 + t.inner * geo.dilation_w;
         return r.ok && t.outer < geo.in_group() && inside(h, geo.height) && inside(w, geo.width)
@@ -327,17 +332,12 @@ struct InputColumns {
 };
 
 // The backward data's A: W[g]ᵀ, C/g rows by Co/g·kh·kw (k: (co, i, j)). w points at
-// group g's first filter; taps = mixed_radix(kh, kw).
+// group g's first filter; radix = mixed_radix(kh, kw).
 template <typename T>
-struct TransposedWeights {
+struct TransposedWeights : DigitGather {
     const T* w;
-    ConvGeometry geo;
-    MixedRadix taps;
     struct Row { long long offset; bool ok; };
-    typedef Digits Term;
     __device__ Row row(int c) const { return Row{static_cast<long long>(c) * geo.taps(), c < geo.in_group()}; }
-    __device__ Term term(long long k) const { return taps.of(k); }
-    __device__ void advance(Term& t) const { taps.advance(t); }
     __device__ T at(const Row& r, const Term& t) const {
         return r.ok && t.outer < geo.out_group()
                    ? w[r.offset + static_cast<long long>(t.outer) * geo.in_group() * geo.taps() +
@@ -347,16 +347,13 @@ struct TransposedWeights {
 };
 
 // The backward data's B: dcol(dy)[g], Co/g·kh·kw rows (k: (co, i, j)) by N·H·W columns
-// (input pixels). dy points at group g's first output channel of image 0; taps =
+// (input pixels). dy points at group g's first output channel of image 0; radix =
 // mixed_radix(kh, kw). UNIT_STRIDE: the geometry's stride is 1 × 1, so the tests of
 // divisibility by it (four software divisions per element) are known to pass.
 template <typename T, bool UNIT_STRIDE>
-struct OutputDiffColumns {
+struct OutputDiffColumns : DigitGather {
     const T* dy;
-    ConvGeometry geo;
-    MixedRadix taps;
     struct Row { long long offset; int hp, wp; bool ok; };   // an input pixel, shifted by the pad
-    typedef Digits Term;
     __device__ Row row(int column) const {
         const long long plane = geo.plane();
         const int n = static_cast<int>(column / plane);
@@ -364,8 +361,6 @@ struct OutputDiffColumns {
         return Row{static_cast<long long>(n) * geo.out_channels * geo.out_plane(),
                    p / geo.width + geo.pad_h, p % geo.width + geo.pad_w, column < geo.batch * plane};
     }
-    __device__ Term term(long long k) const { return taps.of(k); }
-    __device__ void advance(Term& t) const { taps.advance(t); }
     __device__ T at(const Row& r, const Term& t) const {
         // the output pixel whose window puts this tap on the input pixel, if any:
         // oh·sh − ph + i·dh = h  ⇔  oh = (h + ph − i·dh) / sh, exactly
@@ -384,17 +379,12 @@ struct OutputDiffColumns {
 };
 
 // The backward weights' A: dy[g] as Co/g rows by N·OH·OW (k: (n, oh, ow)). dy points at
-// group g's first output channel of image 0; pixels = mixed_radix(OH, OW).
+// group g's first output channel of image 0; radix = mixed_radix(OH, OW).
 template <typename T>
-struct OutputDiffRows {
+struct OutputDiffRows : DigitGather {
     const T* dy;
-    ConvGeometry geo;
-    MixedRadix pixels;
     struct Row { long long offset; bool ok; };
-    typedef Digits Term;
     __device__ Row row(int co) const { return Row{co * geo.out_plane(), co < geo.out_group()}; }
-    __device__ Term term(long long k) const { return pixels.of(k); }
-    __device__ void advance(Term& t) const { pixels.advance(t); }
     __device__ T at(const Row& r, const Term& t) const {
         return r.ok && t.outer < geo.batch
                    ? dy[r.offset + static_cast<long long>(t.outer) * geo.out_channels * geo.out_plane() +
@@ -404,23 +394,18 @@ struct OutputDiffRows {
 };
 
 // The backward weights' B: col(x)[g]ᵀ, N·OH·OW rows (output pixels (n, oh, ow)) by
-// C/g·kh·kw columns (taps). x points at group g's first channel of image 0; pixels =
+// C/g·kh·kw columns (taps). x points at group g's first channel of image 0; radix =
 // mixed_radix(OH, OW).
 template <typename T>
-struct InputColumnsTransposed {
+struct InputColumnsTransposed : DigitGather {
     const T* x;
-    ConvGeometry geo;
-    MixedRadix pixels;
     struct Row { long long offset; int dh, dw; bool ok; };   // a tap: channel, offsets less the pad
-    typedef Digits Term;                                     // an output pixel: (n, oh, ow)
     __device__ Row row(int column) const {
         const int taps = geo.taps();
         const int c = column / taps, tap = column % taps;
         return Row{c * geo.plane(), (tap / geo.kernel_w) * geo.dilation_h - geo.pad_h,
                    (tap % geo.kernel_w) * geo.dilation_w - geo.pad_w, column < geo.in_group() * taps};
     }
-    __device__ Term term(long long k) const { return pixels.of(k); }
-    __device__ void advance(Term& t) const { pixels.advance(t); }
     __device__ T at(const Row& r, const Term& t) const {
         const int h = t.middle * geo.stride_h + r.dh, w = t.inner * geo.stride_w + r.dw;
         return r.ok && t.outer < geo.batch && inside(h, geo.height) && inside(w, geo.width)
@@ -449,7 +434,7 @@ __device__ __forceinline__ void conv_forward(const T* __restrict__ x, const T* _
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const TileIndex at = decode_tile(tile, m_tiles, n_tiles, geo.group);
         const MatrixRows<T> a{w + at.group * cog * depth, cog, depth};
-        const InputColumns<T> b{x + at.group * cg * geo.plane(), geo, tap_digits};
+        const InputColumns<T> b{{geo, tap_digits}, x + at.group * cg * geo.plane()};
         T acc[MICRO][MICRO];
         tile_product<T, true, false>(a, b, at.m0, at.n0, 0, depth, acc);
         for (int j = 0; j < MICRO; ++j) {
@@ -492,8 +477,8 @@ __device__ __forceinline__ void conv_backward_data(const T* __restrict__ dy, con
     const MixedRadix tap_digits = mixed_radix(geo.kernel_h, geo.kernel_w);
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const TileIndex at = decode_tile(tile, m_tiles, n_tiles, geo.group);
-        const TransposedWeights<T> a{w + static_cast<long long>(at.group) * cog * cg * taps, geo, tap_digits};
-        const OutputDiffColumns<T, UNIT_STRIDE> b{dy + at.group * cog * geo.out_plane(), geo, tap_digits};
+        const TransposedWeights<T> a{{geo, tap_digits}, w + static_cast<long long>(at.group) * cog * cg * taps};
+        const OutputDiffColumns<T, UNIT_STRIDE> b{{geo, tap_digits}, dy + at.group * cog * geo.out_plane()};
         T acc[MICRO][MICRO];
         tile_product<T, true, false>(a, b, at.m0, at.n0, 0, depth, acc);
         for (int j = 0; j < MICRO; ++j) {
@@ -528,8 +513,8 @@ __device__ __forceinline__ void conv_backward_weights(const T* __restrict__ x, c
     const MixedRadix pixel_digits = mixed_radix(geo.out_height, geo.out_width);
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const TileIndex at = decode_tile(tile, m_tiles, n_tiles, geo.group);
-        const OutputDiffRows<T> a{dy + at.group * cog * geo.out_plane(), geo, pixel_digits};
-        const InputColumnsTransposed<T> b{x + at.group * cg * geo.plane(), geo, pixel_digits};
+        const OutputDiffRows<T> a{{geo, pixel_digits}, dy + at.group * cog * geo.out_plane()};
+        const InputColumnsTransposed<T> b{{geo, pixel_digits}, x + at.group * cg * geo.plane()};
         const long long k_begin = at.split * split_depth;
         const long long k_end = k_begin + split_depth < depth ? k_begin + split_depth : depth;
         T acc[MICRO][MICRO];
