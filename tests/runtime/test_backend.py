@@ -127,37 +127,35 @@ class CUDARuntimeError(RuntimeError):
     pass
 
 
-def test_cuda_without_a_driver(monkeypatch):
-    module, _ = fake_cupy(error=CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient"))
+def refusal(monkeypatch, device: str, **fake) -> NetcError:
+    """The NetcError get_backend(device) raises over fake_cupy(**fake)."""
+    module, _ = fake_cupy(**fake)
     monkeypatch.setitem(sys.modules, "cupy", module)
     with pytest.raises(NetcError) as err:
-        get_backend("cuda")
-    assert err.value.message == ("device 'cuda' is not available: CUDA is not usable here (CUDARuntimeError: "
-                                 "cudaErrorInsufficientDriver: CUDA driver version is insufficient)")
-    assert "--device cpu" in err.value.hint
+        get_backend(device)
+    return err.value
+
+
+def test_cuda_without_a_driver(monkeypatch):
+    err = refusal(monkeypatch, "cuda",
+                  error=CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient"))
+    assert err.message == ("device 'cuda' is not available: CUDA is not usable here (CUDARuntimeError: "
+                           "cudaErrorInsufficientDriver: CUDA driver version is insufficient)")
+    assert "--device cpu" in err.hint
 
 
 def test_cuda_with_no_gpu(monkeypatch):
-    module, _ = fake_cupy(count=0)
-    monkeypatch.setitem(sys.modules, "cupy", module)
-    with pytest.raises(NetcError) as err:
-        get_backend("cuda:0")
-    assert err.value.message == "device 'cuda:0' is not available: CUDA found no GPU on this machine"
+    err = refusal(monkeypatch, "cuda:0", count=0)
+    assert err.message == "device 'cuda:0' is not available: CUDA found no GPU on this machine"
 
 
 def test_gpu_index_out_of_range_names_how_many_there_are(monkeypatch):
-    module, _ = fake_cupy(count=1)
-    monkeypatch.setitem(sys.modules, "cupy", module)
-    with pytest.raises(NetcError) as err:
-        get_backend("cuda:1")
-    assert err.value.message == "device 'cuda:1' is not available: this machine has 1 GPU"
-    assert err.value.hint == "give --device cuda:0"
-    module, _ = fake_cupy(count=2)
-    monkeypatch.setitem(sys.modules, "cupy", module)
-    with pytest.raises(NetcError) as err:
-        get_backend("cuda:7")
-    assert err.value.message == "device 'cuda:7' is not available: this machine has 2 GPUs"
-    assert err.value.hint == "give --device cuda:0 to cuda:1"
+    err = refusal(monkeypatch, "cuda:1", count=1)
+    assert err.message == "device 'cuda:1' is not available: this machine has 1 GPU"
+    assert err.hint == "give --device cuda:0"
+    err = refusal(monkeypatch, "cuda:7", count=2)
+    assert err.message == "device 'cuda:7' is not available: this machine has 2 GPUs"
+    assert err.hint == "give --device cuda:0 to cuda:1"
 
 
 def test_a_cuda_backend_selects_its_gpu_and_uses_cupy(monkeypatch):
